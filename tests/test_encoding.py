@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tokvid.cli import decode_main, encode_main, run_cli
+from tokvid.shards import ShardWriter, TokenShards, tokenizer_info
+from tokvid.video_io import frames_to_tensor, read_video, write_video
+from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+
+
+@pytest.fixture(scope="module")
+def saved_tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokenizers")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        VideoTokenizer(video_tokenizer_preset("tiny")).save_pretrained(root / f"tok{seed}")
+    return root / "tok0", root / "tok1"
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, frames in enumerate((11, 9, 1)):
+        video = (rng.random((frames, 32, 40, 3)) * 255).astype(np.uint8)
+        name = f"v{i}.mp4" if frames > 1 else f"v{i}.png"
+        if frames > 1:
+            write_video(root / name, video, fps=8, quality="lossless")
+        else:
+            from PIL import Image
+            Image.fromarray(video[0]).save(root / name)
+        lines.append(json.dumps({"path": name, "caption": f"clip {i}"}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "manifest.jsonl"
+
+
+def test_encode_then_decode_round_trip_without_sources(saved_tokenizers, manifest, tmp_path):
+    tok_dir = saved_tokenizers[0]
+    shards = tmp_path / "shards"
+    encode_main(["--tokenizer", str(tok_dir), "--manifest", str(manifest), "--out", str(shards), "--quiet"])
+    data = TokenShards(shards)
+    assert len(data) == 3
+    assert data.info["tokenizer"]["fingerprint"] == VideoTokenizer.from_pretrained(tok_dir).fingerprint()
+    codes, meta = data[0]
+    assert codes.shape == (3, 4, 5)  # 11 frames -> the 9 a tc=4 tokenizer can code -> 3 latent frames
+    assert meta["caption"] == "clip 0" and meta["num_frames"] == 9
+    assert data[2][0].shape[0] == 1  # an image is a 1-frame video
+    # the shard codes equal a direct encode of the same frames
+    tok = VideoTokenizer.from_pretrained(tok_dir)
+    frames = read_video(manifest.parent / "v0.mp4")[:9]
+    assert torch.equal(tok.encode(frames_to_tensor(frames)[None])[0], codes)
+
+    out = tmp_path / "decoded"
+    decode_main(["--tokenizer", str(tok_dir), "--shards", str(shards), "--out", str(out), "--quiet"])
+    decoded = read_video(out / "000000.mp4")
+    assert decoded.shape == (9, 32, 40, 3)
+
+
+def test_decoding_with_another_tokenizer_fails_clearly(saved_tokenizers, manifest, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    encode_main(["--tokenizer", str(saved_tokenizers[0]), "--manifest", str(manifest), "--out", str(shards), "--quiet"])
+    code = run_cli(decode_main, ["--tokenizer", str(saved_tokenizers[1]), "--shards", str(shards),
+                                 "--out", str(tmp_path / "x"), "--quiet"], prog="tokvid-decode")
+    err = capsys.readouterr().err
+    assert code == 2 and "made by tokenizer" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_corrupt_video_stops_or_is_skipped(saved_tokenizers, manifest, tmp_path, capsys):
+    bad = manifest.parent / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    lines = manifest.read_text() + json.dumps({"path": "bad.mp4", "caption": "broken"}) + "\n"
+    bad_manifest = manifest.parent / "with_bad.jsonl"
+    bad_manifest.write_text(lines)
+    args = ["--tokenizer", str(saved_tokenizers[0]), "--manifest", str(bad_manifest), "--quiet"]
+    assert run_cli(encode_main, args + ["--out", str(tmp_path / "a")], prog="tokvid-encode") == 2
+    assert "bad.mp4" in capsys.readouterr().err
+    assert run_cli(encode_main, args + ["--out", str(tmp_path / "b"), "--skip-bad"], prog="tokvid-encode") == 0
+    assert len(TokenShards(tmp_path / "b")) == 3
+
+
+def test_shard_writer_splits_and_reads_back(tmp_path):
+    info = {"name": "t", "fingerprint": "f", "vocab_size": 70000}
+    rng = np.random.default_rng(0)
+    items = [rng.integers(0, 70000, (int(n), 2, 3)) for n in rng.integers(1, 5, 7)]
+    with ShardWriter(tmp_path / "s", info, items_per_shard=3) as writer:
+        for i, codes in enumerate(items):
+            writer.add(codes, {"caption": str(i)})
+    shards = TokenShards(tmp_path / "s")
+    assert len(shards) == 7 and len(shards.info["shards"]) == 3
+    for i, codes in enumerate(items):
+        got, meta = shards[i]
+        assert torch.equal(got, torch.from_numpy(codes)) and meta["caption"] == str(i)
+    with pytest.raises(ValueError, match="already holds shards"):
+        ShardWriter(tmp_path / "s", info)
+    with pytest.raises(ValueError, match="no info.json"):
+        TokenShards(tmp_path)

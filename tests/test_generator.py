@@ -1,0 +1,389 @@
+import json
+import math
+
+import pytest
+import torch
+
+import tokvid.generator as generator_module
+from tokvid.generator import Generator, GeneratorConfig, generator_config_preset, maskgit_step
+
+CODEBOOK, TEXT_VOCAB, TEXT_LENGTH, HEIGHT, WIDTH = 16, 12, 5, 3, 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run 10-25x slower with 2 threads on the shared 2-core machine (thread contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**overrides) -> GeneratorConfig:
+    settings = dict(codebook_size=CODEBOOK, text_vocab_size=TEXT_VOCAB, text_length=TEXT_LENGTH,
+                    chunk_height=HEIGHT, chunk_width=WIDTH, dim=32, depth=2, heads=2, window_chunks=8)
+    return GeneratorConfig(**{**settings, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> Generator:
+    torch.manual_seed(seed)
+    model = Generator(tiny_config(**overrides))
+    # Stronger than the 0.02 init so that text and context visibly change the logits in tests.
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(10.0 if parameter.dim() > 1 else 1.0)
+    return model
+
+
+def random_codes(batch: int, chunks: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, CODEBOOK, (batch, chunks, HEIGHT, WIDTH), generator=torch.Generator().manual_seed(seed))
+
+
+def random_text(batch: int, chunks: int, seed: int = 0) -> torch.Tensor:
+    """bos, 1-2 pieces, eos, pads: varying pad counts exercise the key mask."""
+    source = torch.Generator().manual_seed(seed)
+    text = torch.zeros(batch, chunks, TEXT_LENGTH, dtype=torch.long)
+    for b in range(batch):
+        for c in range(chunks):
+            pieces = torch.randint(4, TEXT_VOCAB, (int(torch.randint(1, 3, (1,), generator=source)),), generator=source)
+            text[b, c, : len(pieces) + 2] = torch.cat([torch.tensor([2]), pieces, torch.tensor([3])])
+    return text
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides", [
+    dict(codebook_size=1), dict(text_length=1), dict(dim=30, heads=4), dict(dim=36, heads=4),
+    dict(window_chunks=0), dict(text_dropout=1.0), dict(clean_chunk_prob=-0.1), dict(depth=0),
+    dict(text_pad_id=2), dict(text_eos_id=TEXT_VOCAB), dict(rope_base=1.0), dict(mlp_ratio=0), dict(dim=32.0),
+])
+def test_bad_config_raises(overrides):
+    with pytest.raises(ValueError):
+        tiny_config(**overrides)
+
+
+def test_presets_grow_and_need_vocabularies():
+    sizes = [Generator(generator_config_preset(name, codebook_size=1000, text_vocab_size=256)).num_parameters()
+             for name in ("tiny", "small")]
+    assert sizes[0] < sizes[1]
+    assert generator_config_preset("tiny", codebook_size=64, text_vocab_size=40, depth=1).depth == 1
+    with pytest.raises(ValueError, match="codebook_size"):
+        generator_config_preset("tiny", text_vocab_size=256)
+    with pytest.raises(ValueError, match="preset"):
+        generator_config_preset("huge", codebook_size=8, text_vocab_size=8)
+    with pytest.raises(ValueError, match="unknown"):
+        generator_config_preset("tiny", codebook_size=8, text_vocab_size=8, width=3)
+
+
+# ---- attention structure ---------------------------------------------------------------------
+
+def test_block_causal_later_chunk_never_changes_earlier_logits():
+    model = tiny_model()
+    codes, text = random_codes(2, 5), random_text(2, 5)
+    codes[:, 1, 0, 0] = CODEBOOK  # mask tokens are legal input
+    base = model(codes, text)
+    for k in range(4):
+        changed_codes, changed_text = codes.clone(), text.clone()
+        changed_codes[:, k + 1] = (changed_codes[:, k + 1] + 1) % CODEBOOK
+        changed_text[:, k + 1, 1] = 4 + (changed_text[:, k + 1, 1] - 3) % (TEXT_VOCAB - 4)
+        out = model(changed_codes, changed_text)
+        assert torch.equal(out[:, : k + 1], base[:, : k + 1])
+        assert (out[:, k + 1] - base[:, k + 1]).abs().max() > 1e-3
+
+
+def test_bidirectional_inside_a_chunk():
+    model = tiny_model()
+    codes, text = random_codes(1, 2), random_text(1, 2)
+    changed = codes.clone()
+    changed[0, 0, -1, -1] = (changed[0, 0, -1, -1] + 1) % CODEBOOK
+    assert (model(changed, text)[0, 0, 0, 0] - model(codes, text)[0, 0, 0, 0]).abs().max() > 1e-3
+
+
+def test_sliding_window_limits_receptive_field():
+    # depth 2, window 2: a chunk sees at most 2 chunks back through the stacked layers.
+    model = tiny_model(window_chunks=2)
+    codes, text = random_codes(1, 5), random_text(1, 5)
+    changed = codes.clone()
+    changed[:, 0] = (changed[:, 0] + 1) % CODEBOOK
+    base, out = model(codes, text), model(changed, text)
+    assert (out[:, 2] - base[:, 2]).abs().max() > 1e-3
+    assert torch.equal(out[:, 3:], base[:, 3:])
+
+
+def test_new_prompt_changes_only_its_chunks_and_later():
+    model = tiny_model()
+    codes, text = random_codes(1, 6), random_text(1, 6)
+    story = text.clone()
+    story[:, 3:] = torch.tensor([2, 9, 10, 3, 0])  # prompt switch at chunk 3
+    base, out = model(codes, text), model(codes, story)
+    assert torch.equal(out[:, :3], base[:, :3])
+    for chunk in range(3, 6):
+        assert (out[:, chunk] - base[:, chunk]).abs().max() > 1e-3
+
+
+def test_pad_text_positions_are_never_keys():
+    model = tiny_model()
+    codes, text = random_codes(2, 3), random_text(2, 3)
+    base = model(codes, text)
+    with torch.no_grad():
+        model.embed.text.weight[0].normal_()
+        model.embed.text_position[-1].normal_()  # last slot is always a pad in random_text
+    assert torch.allclose(model(codes, text), base, atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [8, 2, 1])
+def test_cache_equals_recompute(window):
+    model = tiny_model(window_chunks=window)
+    codes, text = random_codes(2, 6), random_text(2, 6)
+    codes[0, 2, 1] = CODEBOOK
+    full = model(codes, text)
+    cached = model.logits_with_cache(codes, text)
+    assert full.shape == (2, 6, HEIGHT, WIDTH, CODEBOOK)
+    assert (full - cached).abs().max() <= 1e-4
+
+
+def test_generate_matches_a_sampler_without_cache():
+    """generate() (KV cache, sliding window, CFG batched) equals MaskGIT driven by full recompute."""
+    model = tiny_model(window_chunks=2)
+    text, steps, cfg_scale, chunks = random_text(2, 4), 4, 2.5, 4
+    null = model.null_text(2, chunks)
+    noise = seeded(3)
+    decided = torch.zeros(2, 0, HEIGHT, WIDTH, dtype=torch.long)
+    for chunk in range(chunks):
+        tokens = torch.full((2, HEIGHT * WIDTH), CODEBOOK)
+        for step in range(steps):
+            sequence = torch.cat([decided, tokens.view(2, 1, HEIGHT, WIDTH)], dim=1)
+            with torch.no_grad():
+                cond = model(sequence, text[:, : chunk + 1])[:, -1].flatten(1, 2)
+                uncond = model(sequence, null[:, : chunk + 1])[:, -1].flatten(1, 2)
+            tokens = maskgit_step(tokens, uncond + cfg_scale * (cond - uncond), CODEBOOK, step, steps, 1.0, 6,
+                                  "confidence", 4.5, noise)
+        decided = torch.cat([decided, tokens.view(2, 1, HEIGHT, WIDTH)], dim=1)
+    sampled = model.generate(text, steps=steps, cfg_scale=cfg_scale, top_k=6, generator=seeded(3))
+    assert torch.equal(sampled, decided)
+
+
+# ---- sampling --------------------------------------------------------------------------------
+
+def test_generate_is_deterministic_by_seed_and_in_range():
+    model = tiny_model()
+    text = random_text(2, 3)
+    first = model.generate(text, steps=3, generator=seeded(0))
+    again = model.generate(text, steps=3, generator=seeded(0))
+    other = model.generate(text, steps=3, generator=seeded(1))
+    assert first.shape == (2, 3, HEIGHT, WIDTH) and first.dtype == torch.long
+    assert int(first.min()) >= 0 and int(first.max()) < CODEBOOK
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_cfg_scale_zero_and_one_are_the_single_passes():
+    model = tiny_model()
+    text, negative = random_text(1, 3, seed=1), random_text(1, 3, seed=2)
+    null = model.null_text(1, 3)
+
+    def sample(prompt, scale, **options):
+        return model.generate(prompt, steps=3, cfg_scale=scale, generator=seeded(5), **options)
+
+    assert torch.equal(sample(text, 0.0), sample(null, 1.0))
+    assert torch.equal(sample(text, 0.0, negative_text=negative), sample(negative, 1.0))
+    assert torch.equal(sample(text, 1.0, negative_text=negative), sample(text, 1.0))
+    assert not torch.equal(sample(text, 1.0), sample(null, 1.0))
+
+
+def test_cfg_combines_the_two_streams(monkeypatch):
+    model = tiny_model()
+    text = random_text(1, 1)
+    seen = []
+
+    def recording_step(tokens, logits, *args):
+        seen.append(logits.clone())
+        return maskgit_step(tokens, logits, *args)
+
+    monkeypatch.setattr(generator_module, "maskgit_step", recording_step)
+    model.generate(text, steps=1, cfg_scale=4.0, generator=seeded(0))
+    all_masked = torch.full((1, 1, HEIGHT, WIDTH), CODEBOOK)
+    with torch.no_grad():
+        cond = model(all_masked, text).flatten(1, 3)
+        uncond = model(all_masked, model.null_text(1, 1)).flatten(1, 3)
+    assert torch.allclose(seen[0], uncond + 4.0 * (cond - uncond), atol=1e-4)
+
+
+def test_maskgit_step_follows_cosine_schedule_and_keeps_committed_tokens():
+    tokens = torch.full((2, 12), CODEBOOK)
+    logits = torch.randn(2, 12, CODEBOOK, generator=seeded(0))
+    history = []
+    for step in range(4):
+        previous = tokens
+        tokens = maskgit_step(tokens, logits, CODEBOOK, step, 4, 1.0, None, "random", 4.5, seeded(step))
+        committed = previous != CODEBOOK
+        assert torch.equal(tokens[committed], previous[committed])
+        history.append(int((tokens[0] == CODEBOOK).sum()))
+    assert history == [math.floor(12 * math.cos(math.pi / 2 * s / 4)) for s in (1, 2, 3)] + [0]
+    greedy = maskgit_step(torch.full((2, 12), CODEBOOK), logits, CODEBOOK, 0, 1, 0.0, None, "confidence", 4.5, None)
+    assert torch.equal(greedy, logits.argmax(-1))
+    top1 = maskgit_step(torch.full((2, 12), CODEBOOK), logits, CODEBOOK, 0, 1, 5.0, 1, "confidence", 4.5, seeded(0))
+    assert torch.equal(top1, logits.argmax(-1))
+
+
+def test_orders_differ_and_prime_is_kept():
+    model = tiny_model()
+    text, prime = random_text(2, 5), random_codes(2, 2, seed=7)
+    calls = []
+    confident = model.generate(text, steps=4, prime_codes=prime, generator=seeded(0),
+                               progress=lambda done, total: calls.append((done, total)))
+    randomised = model.generate(text, steps=4, prime_codes=prime, generator=seeded(0), order="random")
+    assert confident.shape == (2, 5, HEIGHT, WIDTH)
+    assert torch.equal(confident[:, :2], prime) and torch.equal(randomised[:, :2], prime)
+    assert not torch.equal(confident[:, 2:], randomised[:, 2:])
+    assert calls == [(3, 5), (4, 5), (5, 5)]
+    assert torch.equal(model.generate(text[:, :2], prime_codes=prime, generator=seeded(0)), prime)
+
+
+def test_long_generation_past_training_length_with_one_prompt():
+    model = tiny_model(window_chunks=3)
+    codes = model.generate(random_text(1, 1)[:, 0], num_chunks=20, steps=2, generator=seeded(0))
+    assert codes.shape == (1, 20, HEIGHT, WIDTH)
+
+
+# ---- training --------------------------------------------------------------------------------
+
+def test_training_loss_gives_every_parameter_a_finite_gradient():
+    model = tiny_model()
+    codes, text = random_codes(4, 3), random_text(4, 3)
+    loss, logs = model.training_loss(codes, text, generator=seeded(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+    assert set(logs) >= {"loss", "masked_accuracy", "mask_ratio", "tokens"}
+    assert 0 < logs["mask_ratio"] <= 1 and logs["tokens"] >= 1
+
+
+def test_training_loss_randomness_comes_only_from_the_generator():
+    model = tiny_model()
+    codes, text = random_codes(3, 4), random_text(3, 4)
+    torch.manual_seed(1)
+    first, first_logs = model.training_loss(codes, text, generator=seeded(9))
+    torch.manual_seed(2)
+    second, second_logs = model.training_loss(codes, text, generator=seeded(9))
+    third, _ = model.training_loss(codes, text, generator=seeded(10))
+    assert torch.equal(first, second) and first_logs == second_logs
+    assert not torch.equal(first, third)
+
+
+def test_padding_chunks_get_no_loss_and_no_influence():
+    model = tiny_model(clean_chunk_prob=0.0)
+    codes, text = random_codes(2, 4), random_text(2, 4)
+    valid = torch.tensor([[True, False, False, False], [True, True, True, False]])
+    loss, logs = model.training_loss(codes, text, chunk_valid=valid, generator=seeded(0))
+    garbage = codes.clone()
+    garbage[0, 1:] = (garbage[0, 1:] + 3) % CODEBOOK
+    garbage[1, 3] = (garbage[1, 3] + 3) % CODEBOOK
+    loss_garbage, logs_garbage = model.training_loss(garbage, text, chunk_valid=valid, generator=seeded(0))
+    assert torch.allclose(loss, loss_garbage) and logs == logs_garbage
+    assert logs["tokens"] <= 4 * HEIGHT * WIDTH  # only the 4 valid chunks can be masked
+    images = torch.tensor([[True, False, False, False]] * 2)  # images are 1-frame videos plus padding
+    _, image_logs = model.training_loss(codes, text, chunk_valid=images, generator=seeded(0))
+    assert 2 <= image_logs["tokens"] <= 2 * HEIGHT * WIDTH
+
+
+def test_text_dropout_uses_the_null_text(monkeypatch):
+    model = tiny_model(text_dropout=0.999)
+    codes, text = random_codes(2, 2), random_text(2, 2)
+    seen = []
+    original = model._video_hidden
+    monkeypatch.setattr(model, "_video_hidden", lambda tokens, t, window: seen.append(t) or original(tokens, t, window))
+    model.training_loss(codes, text, generator=seeded(0))
+    assert torch.equal(seen[0], model.null_text(2, 2))
+
+
+def test_tiny_training_run_learns_far_above_chance():
+    torch.manual_seed(0)
+    model = Generator(tiny_config(window_chunks=2, clean_chunk_prob=0.25))
+    data = seeded(0)
+    patterns = torch.randint(0, CODEBOOK, (4, HEIGHT, WIDTH), generator=data)
+    clips = torch.stack([(patterns[k] + torch.arange(4)[:, None, None]) % CODEBOOK for k in range(4)])
+    text = torch.tensor([[2, 4 + k, 3, 0, 0] for k in range(4)])[:, None].expand(-1, 4, -1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        loss, _ = model.training_loss(clips, text, generator=data)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = sum(model.training_loss(clips, text, generator=seeded(s))[1]["masked_accuracy"] for s in range(8)) / 8
+    assert accuracy > 6 / CODEBOOK  # chance is 1/16
+
+
+# ---- persistence -----------------------------------------------------------------------------
+
+def test_save_load_reproduces_samples(tmp_path):
+    model = tiny_model(window_chunks=2)
+    text = random_text(1, 3)
+    model.save_pretrained(tmp_path / "gen")
+    loaded = Generator.from_pretrained(tmp_path / "gen")
+    assert loaded.config == model.config and loaded.num_parameters() == model.num_parameters()
+    assert torch.equal(model.generate(text, steps=3, generator=seeded(4)), loaded.generate(text, steps=3, generator=seeded(4)))
+
+
+def test_load_rejects_missing_foreign_and_mismatched_dirs(tmp_path):
+    with pytest.raises(ValueError, match="not a generator directory"):
+        Generator.from_pretrained(tmp_path / "nothing")
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "gen")
+    config_path = tmp_path / "gen" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "bogus_field": 1}))
+    with pytest.raises(ValueError, match="bogus_field"):
+        Generator.from_pretrained(tmp_path / "gen")
+    config_path.write_text(json.dumps({**config, "model_type": "video_tokenizer"}))
+    with pytest.raises(ValueError, match="not a generator"):
+        Generator.from_pretrained(tmp_path / "gen")
+    config_path.write_text(json.dumps({**config, "dim": 64}))
+    with pytest.raises(ValueError, match="does not fit"):
+        Generator.from_pretrained(tmp_path / "gen")
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+def test_bad_inputs_raise_value_error():
+    model = tiny_model()
+    codes, text = random_codes(1, 2), random_text(1, 2)
+    bad_calls = [
+        lambda: model.training_loss(codes + CODEBOOK, text),                  # codes out of range
+        lambda: model.training_loss(codes - 1, text),
+        lambda: model.training_loss(codes.float(), text),                     # not integer
+        lambda: model.training_loss(codes[..., :2], text),                    # wrong grid
+        lambda: model.training_loss(codes, text[..., :3]),                    # text length mismatch
+        lambda: model.training_loss(codes, text[:, :1]),                      # text chunks mismatch
+        lambda: model.training_loss(codes, text + TEXT_VOCAB),                # text ids out of range
+        lambda: model.training_loss(codes, text, chunk_valid=torch.tensor([[False, True]])),
+        lambda: model.training_loss(codes, text, chunk_valid=torch.tensor([[False, False]])),
+        lambda: model.training_loss(codes, text, chunk_valid=torch.tensor([True, True])),
+        lambda: model(codes + CODEBOOK + 1, text),                            # beyond the mask id
+        lambda: model(codes[0], text),
+        lambda: model.generate(text, steps=0),
+        lambda: model.generate(text, cfg_scale=-1.0),
+        lambda: model.generate(text, temperature=-0.5),
+        lambda: model.generate(text, top_k=0),
+        lambda: model.generate(text, order="halton"),
+        lambda: model.generate(text, window_chunks=0),
+        lambda: model.generate(text, num_chunks=0),
+        lambda: model.generate(text, num_chunks=3),                           # (B,n,L) with n != num_chunks
+        lambda: model.generate(text[:, 0]),                                   # (B,L) without num_chunks
+        lambda: model.generate(text, negative_text=text[..., :2]),
+        lambda: model.generate(text, prime_codes=random_codes(1, 3)),         # more prime than chunks
+        lambda: model.generate(text, prime_codes=random_codes(2, 1)),         # batch mismatch
+        lambda: model.generate(text, prime_codes=codes + CODEBOOK),           # mask id not a code
+    ]
+    for number, call in enumerate(bad_calls):
+        with pytest.raises(ValueError):
+            call()
+            pytest.fail(f"bad call {number} did not raise")

@@ -1,0 +1,157 @@
+import json
+
+import pytest
+import torch
+
+from tokvid.video_tokenizer import VideoTokenizer, VideoTokenizerConfig, video_tokenizer_preset
+
+
+def tiny(**overrides) -> VideoTokenizer:
+    torch.manual_seed(0)
+    return VideoTokenizer(video_tokenizer_preset("tiny", **overrides)).eval()
+
+
+def random_video(frames: int, height: int = 32, width: int = 32, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, frames, height, width, generator=generator) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny()
+
+
+def test_shapes_and_vocab(tok):
+    codes = tok.encode(random_video(9, 32, 48, batch=2))
+    assert codes.dtype == torch.long and codes.shape == (2, 3, 4, 6)
+    assert int(codes.min()) >= 0 and int(codes.max()) < tok.vocab_size == 125
+    video = tok.decode(codes)
+    assert video.shape == (2, 3, 9, 32, 48) and video.abs().max() <= 1
+
+
+@pytest.mark.parametrize("quantizer", ["fsq", "lfq", "vq"])
+def test_encode_is_causal_for_every_prefix(quantizer):
+    tok = tiny(quantizer=quantizer, codebook_size=64, vq_codebook_dim=4)
+    x = random_video(1 + 4 * 5)
+    codes = tok.encode(x)
+    for k in range(6):
+        assert torch.equal(tok.encode(x[:, :, : 1 + 4 * k]), codes[:, : 1 + k]), f"prefix k={k}"
+
+
+def test_image_is_first_latent_frame(tok):
+    x = random_video(13)
+    assert torch.equal(tok.encode(x[:, :, :1]), tok.encode(x)[:, :1])
+
+
+def test_changing_future_frames_never_changes_past_codes(tok):
+    x = random_video(17)
+    y = x.clone()
+    y[:, :, 9:] = -y[:, :, 9:]
+    a, b = tok.encode(x), tok.encode(y)
+    assert torch.equal(a[:, :3], b[:, :3])
+    assert not torch.equal(a[:, 3:], b[:, 3:])
+
+
+def test_chunked_coding_of_65_frames_equals_whole_clip():
+    tok = tiny(latent_blocks=2)
+    x = random_video(65, 32, 40)
+    whole = tok.encode(x)
+    assert whole.shape[1] == 17
+    for chunk in (1, 3, 5, 16):
+        assert torch.equal(tok.encode(x, chunk_latents=chunk), whole), f"chunk={chunk}"
+    decoded = tok.decode(whole)
+    for chunk in (1, 4, 7):
+        assert torch.allclose(tok.decode(whole, chunk_latents=chunk), decoded, atol=1e-5), f"chunk={chunk}"
+
+
+def test_save_load_gives_identical_codes(tok, tmp_path):
+    x = random_video(9)
+    tok.save_pretrained(tmp_path / "tok")
+    assert json.loads((tmp_path / "tok" / "config.json").read_text())["temporal_compression"] == 4
+    again = VideoTokenizer.from_pretrained(tmp_path / "tok")
+    assert torch.equal(again.encode(x), tok.encode(x))
+    assert again.fingerprint() == tok.fingerprint()
+
+
+def test_config_mismatch_fails_clearly(tok, tmp_path):
+    tok.save_pretrained(tmp_path / "tok")
+    config = json.loads((tmp_path / "tok" / "config.json").read_text())
+    config["wavelet_levels"] = 3
+    (tmp_path / "tok" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not know"):
+        VideoTokenizer.from_pretrained(tmp_path / "tok")
+    config.pop("wavelet_levels")
+    config["latent_channels"] = 24
+    (tmp_path / "tok" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not match"):
+        VideoTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_unknown_name_raises_value_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        VideoTokenizer.from_pretrained("no-such-model")
+    with pytest.raises(ValueError):
+        VideoTokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(1, 3, 8, 32, 32), "1 \\+ k\\*4"),
+    (torch.zeros(1, 3, 9, 30, 32), "multiple of 8"),
+    (torch.zeros(1, 1, 9, 32, 32), "B,3,T,H,W"),
+    (torch.full((1, 3, 9, 32, 32), 3.0), "\\[-1, 1\\]"),
+    (torch.zeros(1, 3, 9, 32, 32, dtype=torch.uint8), "float"),
+])
+def test_bad_video_input_raises_value_error(tok, bad, message):
+    with pytest.raises(ValueError, match=message):
+        tok.encode(bad)
+
+
+def test_bad_codes_raise_value_error(tok):
+    with pytest.raises(ValueError, match="codes must lie"):
+        tok.decode(torch.full((1, 2, 4, 4), tok.vocab_size))
+    with pytest.raises(ValueError, match="integer codes"):
+        tok.decode(torch.zeros(1, 2, 4, 4))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="frame_channels"):
+        VideoTokenizerConfig(frame_channels=(8,))
+    with pytest.raises(ValueError, match="quantizer"):
+        VideoTokenizerConfig(quantizer="rvq")
+    with pytest.raises(ValueError, match="power-of-two"):
+        VideoTokenizerConfig(quantizer="lfq", codebook_size=1000)
+    with pytest.raises(ValueError, match="preset"):
+        video_tokenizer_preset("huge")
+
+
+def test_every_parameter_gets_a_gradient_and_no_nan():
+    tok = tiny().train()
+    loss, logs = tok.training_loss(random_video(9, batch=2))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, parameter in tok.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+    assert 0 < logs["codebook_usage"] <= 1 and logs["perplexity"] >= 1
+
+
+def test_tiny_training_lowers_the_loss():
+    torch.manual_seed(0)
+    tok = tiny().train()
+    # smooth moving blobs: learnable in a few dozen steps
+    grid = torch.linspace(-1, 1, 32)
+    frames = []
+    for t in range(9):
+        yy, xx = torch.meshgrid(grid, grid - 0.8 + 0.2 * t, indexing="ij")
+        frames.append(torch.stack([torch.exp(-(yy ** 2 + xx ** 2) * 3)] * 3) * 2 - 1)
+    x = torch.stack(frames, dim=1)[None].repeat(2, 1, 1, 1, 1)
+    optimizer = torch.optim.AdamW(tok.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = tok.training_loss(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5

@@ -1,0 +1,222 @@
+"""Console scripts: `tokvid generate`, `tokvid-data`, `tokvid-encode`, `tokvid-decode`.
+
+Each entry point parses flags, calls the library, and turns a ValueError into one line on stderr
+and exit code 2. Nothing here runs at import time.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def run_cli(main, argv=None, prog: str = "tokvid") -> int:
+    """Run `main(argv)`, mapping bad input (ValueError) to a one-line error and exit code 2."""
+    try:
+        main(argv)
+    except ValueError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# tokvid generate
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokvid", description="tokvid: text and stories to video")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate a video from a prompt or a story",
+                              description="Generate a video from --prompt, --story-file or --story.")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt held for the whole video")
+    source.add_argument("--story-file", help='JSON list of {"prompt": "...", "frames": 16} segments')
+    source.add_argument("--story", help="inline story: 'prompt one : 2s ; prompt two : 16f'")
+    gen.add_argument("--num-frames", type=int, default=17, help="frames for --prompt (default 17)")
+    gen.add_argument("--out", required=True, help="output video (.mp4 or .gif); a contact sheet .png is written beside it")
+    gen.add_argument("--model", default=None, help="pipeline directory or bundled name (default: the bundled model)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=None, help="MaskGIT steps per chunk (default: the model's)")
+    gen.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the model's)")
+    gen.add_argument("--temperature", type=float, default=None)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--order", choices=("confidence", "random"), default=None)
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--prime", default=None, help="image or video to continue from (image-to-video)")
+    gen.add_argument("--no-sheet", action="store_true", help="do not write the contact-sheet PNG")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def generate_main(argv=None) -> None:
+    args = generate_parser().parse_args(argv)
+    from .story import load_story_file, parse_story_string, validate_segments
+    from .video_io import read_video, save_contact_sheet, write_video
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise ValueError(f"--out must end in .mp4 or .gif, got {out.name!r}")
+    if args.prompt is not None:
+        if args.num_frames < 1 or args.num_frames > 100_000:
+            raise ValueError(f"--num-frames must be between 1 and 100000, got {args.num_frames}")
+        validate_segments([(args.prompt, max(args.num_frames - 1, 1))])
+    story = load_story_file(args.story_file) if args.story_file else None
+    options = {k: v for k, v in dict(steps=args.steps, cfg_scale=args.cfg_scale, temperature=args.temperature,
+                                      top_k=args.top_k, order=args.order).items() if v is not None}
+    from .pipeline import TokVidPipeline
+
+    pipe = TokVidPipeline.from_pretrained(args.model)
+    if args.story is not None:
+        story = parse_story_string(args.story, pipe.fps)
+    prime = read_video(args.prime) if args.prime else None
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+        bar = tqdm(desc="chunks", unit="chunk", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    common = dict(seed=args.seed, negative_prompt=args.negative_prompt, prime_frames=prime,
+                  progress=progress if bar else None, **options)
+    if story is not None:
+        result = pipe.story(story, **common)
+    else:
+        result = pipe(args.prompt, num_frames=args.num_frames, **common)
+    if bar:
+        bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_video(out, result.frames, fps=result.fps)
+    print(f"wrote {out} ({len(result.frames)} frames, {result.fps:g} fps)")
+    if not args.no_sheet:
+        sheet = out.with_suffix(".png")
+        save_contact_sheet(sheet, result.frames)
+        print(f"wrote {sheet}")
+
+
+def tokvid_entry() -> None:
+    sys.exit(run_cli(generate_main, prog="tokvid"))
+
+
+# ----------------------------------------------------------------------------------------------
+# tokvid-data
+
+
+def data_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokvid-data", description="make and check training data")
+    commands = parser.add_subparsers(dest="command", required=True)
+    shapes = commands.add_parser("shapes", help="write shapes-v1 clips and stories + manifest.jsonl")
+    shapes.add_argument("--out", required=True)
+    shapes.add_argument("--num-videos", type=positive_int, required=True)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--image-fraction", type=float, default=0.1, help="share of 1-frame images")
+    footage = commands.add_parser("footage", help="real-footage clips for the general tokenizer (+ manifest.jsonl)")
+    footage.add_argument("--out", required=True)
+    footage.add_argument("--num-clips", type=positive_int, default=1000)
+    footage.add_argument("--frames", type=positive_int, default=17)
+    footage.add_argument("--size", type=positive_int, default=64)
+    footage.add_argument("--seed", type=int, default=0)
+    check = commands.add_parser("check", help="report missing, corrupt, too-short and wrongly sized items")
+    check.add_argument("manifest")
+    check.add_argument("--num-frames", type=positive_int, default=None, help="minimum frames per video item")
+    check.add_argument("--size", type=positive_int, default=None, help="minimum frame side")
+    return parser
+
+
+def data_main(argv=None) -> None:
+    args = data_parser().parse_args(argv)
+    if args.command == "shapes":
+        from .shapes import write_dataset
+        if not 0 <= args.image_fraction <= 1:
+            raise ValueError("--image-fraction must be between 0 and 1")
+        manifest = write_dataset(args.out, args.num_videos, seed=args.seed, image_fraction=args.image_fraction)
+        print(f"wrote {args.num_videos} items and {manifest}")
+    elif args.command == "footage":
+        from .footage import write_general_dataset
+        manifest = write_general_dataset(args.out, args.num_clips, num_frames=args.frames, size=args.size,
+                                         seed=args.seed, progress=True)
+        print(f"wrote {args.num_clips} clips and {manifest}")
+    else:
+        from .manifest import check_manifest, format_report
+        report = check_manifest(args.manifest, num_frames=args.num_frames, size=args.size)
+        print(format_report(report))
+        if report["bad"]:
+            sys.exit(1)
+
+
+def data_entry() -> None:
+    sys.exit(run_cli(data_main, prog="tokvid-data"))
+
+
+# ----------------------------------------------------------------------------------------------
+# tokvid-encode / tokvid-decode
+
+
+def encode_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokvid-encode", description="videos -> token shards (+ metadata)")
+    parser.add_argument("--tokenizer", required=True, help="bundled tokenizer name or directory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="JSONL/CSV manifest of videos with captions or stories")
+    source.add_argument("--videos", help="a folder of video files")
+    parser.add_argument("--out", required=True, help="output shard directory")
+    parser.add_argument("--size", type=positive_int, default=None, help="resize + centre-crop frames to this side")
+    parser.add_argument("--fps", type=float, default=None, help="resample videos to this frame rate")
+    parser.add_argument("--max-frames", type=positive_int, default=None)
+    parser.add_argument("--chunk-latents", type=positive_int, default=16, help="latent frames coded at once (memory)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable videos instead of stopping")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def encode_main(argv=None) -> None:
+    args = encode_parser().parse_args(argv)
+    from .encoding import encode_videos
+
+    summary = encode_videos(args.tokenizer, args.out, manifest=args.manifest, videos_dir=args.videos, size=args.size,
+                            fps=args.fps, max_frames=args.max_frames, chunk_latents=args.chunk_latents,
+                            skip_bad=args.skip_bad, progress=not args.quiet)
+    print(f"wrote {summary['items']} items to {args.out} ({summary['skipped']} skipped)")
+
+
+def encode_entry() -> None:
+    sys.exit(run_cli(encode_main, prog="tokvid-encode"))
+
+
+def decode_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokvid-decode", description="token shards -> videos")
+    parser.add_argument("--tokenizer", required=True, help="the tokenizer that made the shards (name or directory)")
+    parser.add_argument("--shards", required=True)
+    parser.add_argument("--out", required=True, help="output folder for the videos")
+    parser.add_argument("--format", choices=("mp4", "gif"), default="mp4")
+    parser.add_argument("--limit", type=positive_int, default=None, help="decode only the first N items")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def decode_main(argv=None) -> None:
+    args = decode_parser().parse_args(argv)
+    from .encoding import decode_shards
+
+    count = decode_shards(args.tokenizer, args.shards, args.out, video_format=args.format, limit=args.limit,
+                          progress=not args.quiet)
+    print(f"wrote {count} videos to {args.out}")
+
+
+def decode_entry() -> None:
+    sys.exit(run_cli(decode_main, prog="tokvid-decode"))

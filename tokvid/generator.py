@@ -1,0 +1,605 @@
+"""Block-causal MaskGIT generator over video-token chunks.
+
+A chunk is one latent frame of the video tokenizer (h*w tokens). The sequence is, per chunk, a text
+block of L prompt ids (the prompt governing that chunk, so prompts can change mid-video) followed by
+the chunk's h*w video tokens:
+
+    [text_0 | video_0] [text_1 | video_1] ... [text_{t-1} | video_{t-1}]
+
+Attention is bidirectional inside a chunk and causal across chunks, limited to a sliding window of
+`window_chunks` chunks (the current one included). Time enters only through a rotary embedding of
+the chunk index, so attention depends on chunk offsets, never on absolute time, and sampling can run
+far past the training length. Sampling decodes one chunk at a time with MaskGIT while earlier chunks
+are served from a per-layer key/value cache, so memory stays flat and time grows linearly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from tokvid.text_tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+MODEL_TYPE = "tokvid_generator"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+SAMPLING_ORDERS = ("confidence", "random")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class GeneratorConfig:
+    codebook_size: int           # video tokenizer vocabulary; id `codebook_size` is the mask token
+    text_vocab_size: int         # TextTokenizer.vocab_size
+    text_length: int = 16        # L: prompt ids in front of every chunk (bos, pieces, eos, pads)
+    chunk_height: int = 8        # h: latent grid rows of one chunk (= one latent frame)
+    chunk_width: int = 8         # w: latent grid columns of one chunk
+    dim: int = 256               # transformer width
+    depth: int = 6               # transformer blocks
+    heads: int = 8               # attention heads; dim/heads must be even (rotary pairs)
+    mlp_ratio: float = 4.0       # SwiGLU hidden width ~ mlp_ratio*dim*2/3 (same cost as a GELU MLP of mlp_ratio)
+    window_chunks: int = 4       # chunks a chunk attends to, itself included; keep <= chunks per training clip
+    rope_base: float = 10000.0   # rotary base for the chunk (time) index
+    text_dropout: float = 0.1    # probability a training sample gets the null text (classifier-free guidance)
+    clean_chunk_prob: float = 0.25  # probability a training chunk stays unmasked (clean context, no loss)
+    text_pad_id: int = PAD_ID    # pad id of the text tokenizer; pad positions are never attended to
+    text_bos_id: int = BOS_ID    # bos id; the null text is [bos, eos, pad, ...]
+    text_eos_id: int = EOS_ID    # eos id
+
+    def __post_init__(self):
+        positive = ["codebook_size", "text_vocab_size", "chunk_height", "chunk_width", "dim", "depth", "heads",
+                    "window_chunks"]
+        for name in positive + ["text_length", "text_pad_id", "text_bos_id", "text_eos_id"]:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"GeneratorConfig.{name} must be an int, got {value!r}")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"GeneratorConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2 (the video tokenizer's vocab_size), got {self.codebook_size}")
+        if self.text_length < 2:
+            raise ValueError(f"text_length must be >= 2 to hold bos and eos, got {self.text_length}")
+        specials = (self.text_pad_id, self.text_bos_id, self.text_eos_id)
+        if len(set(specials)) != 3 or min(specials) < 0 or max(specials) >= self.text_vocab_size:
+            raise ValueError(f"text pad/bos/eos ids {specials} must be distinct and < text_vocab_size "
+                             f"({self.text_vocab_size}); take them from the TextTokenizer")
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ValueError(f"dim ({self.dim}) must split into {self.heads} heads of even width; change dim or heads")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not self.rope_base > 1:
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
+        for name in ("text_dropout", "clean_chunk_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Video tokens per chunk (h*w)."""
+        return self.chunk_height * self.chunk_width
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+
+_PRESETS = {
+    "tiny": dict(dim=128, depth=4, heads=4),
+    "small": dict(dim=256, depth=8, heads=8),
+    "base": dict(dim=512, depth=12, heads=8),
+}
+
+
+def generator_config_preset(name: str, **overrides) -> GeneratorConfig:
+    """A GeneratorConfig of size `name` ("tiny", "small", "base"); `overrides` must include
+    codebook_size and text_vocab_size."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown generator preset {name!r}; choose one of {sorted(_PRESETS)}")
+    missing = [key for key in ("codebook_size", "text_vocab_size") if key not in overrides]
+    if missing:
+        raise ValueError(f"generator_config_preset needs {missing}: the video tokenizer's vocab_size and "
+                         "the text tokenizer's vocab_size")
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(GeneratorConfig)}
+    if unknown:
+        raise ValueError(f"unknown GeneratorConfig fields {sorted(unknown)}")
+    return GeneratorConfig(**{**_PRESETS[name], **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+def rotary_cos_sin(chunk_index: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (n, head_dim) for per-token chunk indices (n,), in fp32 so large indices stay exact."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=chunk_index.device, dtype=torch.float32) / head_dim)
+    angles = chunk_index.to(torch.float32)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, heads, n, head_dim) by the tables of `rotary_cos_sin`."""
+    x32 = x.float()
+    first, second = x32.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, cos, sin, mask, past_kv=None):
+        """Attention of x's tokens over (past_kv + x's own) keys; returns output and x's own (k, v)."""
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        own_kv = (k, v)
+        if past_kv is not None:
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(out.transpose(1, 2).reshape(batch, length, dim)), own_kv
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        hidden = max(8, int(round(mlp_ratio * dim * 2 / 3 / 8)) * 8)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.dim)
+        self.attn = Attention(config.dim, config.heads)
+        self.mlp_norm = nn.RMSNorm(config.dim)
+        self.mlp = SwiGLU(config.dim, config.mlp_ratio)
+
+    def forward(self, x, cos, sin, mask, past_kv=None):
+        attended, own_kv = self.attn(self.attn_norm(x), cos, sin, mask, past_kv)
+        x = x + attended
+        return x + self.mlp(self.mlp_norm(x)), own_kv
+
+
+class ChunkEmbedding(nn.Module):
+    """Lays out [text block | video tokens] per chunk and embeds them.
+
+    Positions are learned inside a chunk only; time is rotary, so there is no length cap. (A module
+    of its own so ZeRO-3 gathers the position tables through the usual forward hooks.)
+    """
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.text_pad_id = config.text_pad_id
+        self.video = nn.Embedding(config.codebook_size + 1, config.dim)  # + mask token
+        self.text = nn.Embedding(config.text_vocab_size, config.dim)
+        self.video_position = nn.Parameter(torch.randn(config.chunk_tokens, config.dim) * 0.02)
+        self.text_position = nn.Parameter(torch.randn(config.text_length, config.dim) * 0.02)
+
+    def forward(self, tokens: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,t,N) tokens + (B,t,L) text -> embeddings (B, t*S, D) and key validity (B, t*S), S = L+N."""
+        text_part = self.text(text) + self.text_position
+        video_part = self.video(tokens) + self.video_position
+        x = torch.cat([text_part, video_part], dim=2).flatten(1, 2)
+        key_valid = torch.cat([text != self.text_pad_id, torch.ones_like(tokens, dtype=torch.bool)], dim=2)
+        return x, key_valid.flatten(1, 2)
+
+
+class KVCache:
+    """Per-layer keys/values of the last few decided chunks (absolute-position rotary already applied)."""
+
+    def __init__(self, depth: int, keep_chunks: int):
+        self.keep_chunks = keep_chunks
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * depth
+        self.key_valid: torch.Tensor | None = None  # (batch, cached tokens) bool; False at text pads
+        self.tokens_per_chunk = 0
+
+    def past(self, layer: int):
+        return self.layers[layer]
+
+    def append(self, own_kvs: list[tuple[torch.Tensor, torch.Tensor]], key_valid: torch.Tensor) -> None:
+        """Add one chunk's keys/values and drop chunks that fell out of the sliding window."""
+        if self.keep_chunks == 0:
+            return
+        self.tokens_per_chunk = key_valid.shape[1]
+        keep = self.keep_chunks * self.tokens_per_chunk
+        for layer, (k, v) in enumerate(own_kvs):
+            if self.layers[layer] is not None:
+                k = torch.cat([self.layers[layer][0], k], dim=2)
+                v = torch.cat([self.layers[layer][1], v], dim=2)
+            self.layers[layer] = (k[:, :, -keep:], v[:, :, -keep:])
+        if self.key_valid is not None:
+            key_valid = torch.cat([self.key_valid, key_valid], dim=1)
+        self.key_valid = key_valid[:, -keep:]
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator
+# ---------------------------------------------------------------------------------------------
+
+class Generator(nn.Module):
+    """Text-conditioned, block-causal masked-token transformer over video-token chunks."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+        self.embed = ChunkEmbedding(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.out_norm = nn.RMSNorm(config.dim)
+        self.head = nn.Linear(config.dim, config.codebook_size, bias=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- sequence assembly -------------------------------------------------------------------
+
+    def null_text(self, batch_size: int, num_chunks: int, device: torch.device | str | None = None) -> torch.LongTensor:
+        """The unconditional text (an empty prompt: bos, eos, pads) for every chunk: (B, n, L)."""
+        config = self.config
+        device = self.head.weight.device if device is None else device
+        null = torch.full((config.text_length,), config.text_pad_id, dtype=torch.long, device=device)
+        null[0], null[1] = config.text_bos_id, config.text_eos_id
+        return null.expand(batch_size, num_chunks, -1).clone()
+
+    def _video_hidden(self, tokens: torch.Tensor, text: torch.Tensor, window_chunks: int) -> torch.Tensor:
+        """Full recompute with the block-causal windowed mask: (B,t,N) + (B,t,L) -> normed (B,t,N,D)."""
+        batch, chunks, num_tokens = tokens.shape
+        per_chunk = self.config.text_length + num_tokens
+        x, key_valid = self.embed(tokens, text)
+        chunk_index = torch.arange(chunks, device=x.device).repeat_interleave(per_chunk)
+        offset = chunk_index[:, None] - chunk_index[None, :]
+        allowed = (offset >= 0) & (offset < window_chunks)
+        mask = (allowed[None] & key_valid[:, None, :])[:, None]  # (B, 1, queries, keys)
+        cos, sin = rotary_cos_sin(chunk_index, self.config.dim // self.config.heads, self.config.rope_base)
+        for block in self.blocks:
+            x, _ = block(x, cos, sin, mask)
+        x = x.view(batch, chunks, per_chunk, -1)[:, :, self.config.text_length:]
+        return self.out_norm(x)
+
+    def _chunk_hidden(self, tokens: torch.Tensor, text: torch.Tensor, chunk_index: int, cache: KVCache):
+        """One chunk through the cache path: (B,N) + (B,L) -> normed video hidden (B,N,D), own k/v, key validity."""
+        x, key_valid = self.embed(tokens[:, None], text[:, None])
+        keys_valid = key_valid if cache.key_valid is None else torch.cat([cache.key_valid, key_valid], dim=1)
+        mask = keys_valid[:, None, None, :]  # every query of the chunk sees the same keys
+        positions = torch.full((x.shape[1],), chunk_index, device=x.device)
+        cos, sin = rotary_cos_sin(positions, self.config.dim // self.config.heads, self.config.rope_base)
+        own_kvs = []
+        for layer, block in enumerate(self.blocks):
+            x, own_kv = block(x, cos, sin, mask, cache.past(layer))
+            own_kvs.append(own_kv)
+        return self.out_norm(x[:, self.config.text_length:]), own_kvs, key_valid
+
+    # ---- public passes -----------------------------------------------------------------------
+
+    def forward(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Logits (B,t,h,w,codebook_size) for tokens (B,t,h,w) (mask id allowed) and text (B,t,L)."""
+        self._check_tokens(tokens, "tokens", allow_mask=True)
+        self._check_text(text, "text", tokens.shape[:2])
+        batch, chunks, height, width = tokens.shape
+        hidden = self._video_hidden(tokens.flatten(2), text, self.config.window_chunks)
+        return self.head(hidden).view(batch, chunks, height, width, -1)
+
+    @torch.no_grad()
+    def logits_with_cache(self, tokens: torch.Tensor, text: torch.Tensor,
+                          window_chunks: int | None = None) -> torch.Tensor:
+        """Same logits as `forward`, computed chunk by chunk through the KV cache (the sampling path)."""
+        self._check_tokens(tokens, "tokens", allow_mask=True)
+        self._check_text(text, "text", tokens.shape[:2])
+        window_chunks = self._check_window(window_chunks)
+        batch, chunks, height, width = tokens.shape
+        cache = KVCache(self.config.depth, window_chunks - 1)
+        logits = []
+        for chunk in range(chunks):
+            hidden, own_kvs, key_valid = self._chunk_hidden(tokens[:, chunk].flatten(1), text[:, chunk], chunk, cache)
+            cache.append(own_kvs, key_valid)
+            logits.append(self.head(hidden).view(batch, height, width, -1))
+        return torch.stack(logits, dim=1)
+
+    def training_loss(self, codes: torch.Tensor, text: torch.Tensor, chunk_valid: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Masked-token cross-entropy with an independent MaskGIT cosine mask ratio per chunk.
+
+        codes (B,t,h,w), text (B,t,L), chunk_valid (B,t) bool (False = trailing padding, no loss).
+        All randomness comes from `generator` so a resumed run draws the same masks.
+        """
+        config = self.config
+        self._check_tokens(codes, "codes", allow_mask=False)
+        self._check_text(text, "text", codes.shape[:2])
+        batch, chunks = codes.shape[:2]
+        device = codes.device
+        if chunk_valid is None:
+            chunk_valid = torch.ones(batch, chunks, dtype=torch.bool, device=device)
+        chunk_valid = self._check_chunk_valid(chunk_valid, (batch, chunks)).to(device)
+        tokens = codes.flatten(2)
+        num_tokens = tokens.shape[2]
+
+        mask_ratio = torch.cos(math.pi / 2 * _uniform((batch, chunks), generator, device))
+        num_masked = (mask_ratio * num_tokens).ceil().clamp(1, num_tokens)
+        clean = _uniform((batch, chunks), generator, device) < config.clean_chunk_prob
+        order = _uniform((batch, chunks, num_tokens), generator, device).argsort(dim=-1).argsort(dim=-1)
+        drop_text = _uniform((batch,), generator, device) < config.text_dropout
+        masked = (order < num_masked[..., None]) & (chunk_valid & ~clean)[..., None]
+
+        text = torch.where(drop_text[:, None, None], self.null_text(batch, chunks, device), text)
+        # Trailing padding chunks cannot influence earlier chunks (causal), so skip computing them.
+        used_chunks = int(chunk_valid.any(dim=0).nonzero().max()) + 1
+        inputs = tokens.masked_fill(masked, config.mask_id)[:, :used_chunks]
+        hidden = self._video_hidden(inputs, text[:, :used_chunks], config.window_chunks)
+        selected = masked[:, :used_chunks]
+        num_selected = int(selected.sum())
+        if num_selected == 0:  # every chunk drawn clean: keep the graph, contribute nothing
+            loss = hidden.sum() * 0.0
+            accuracy = 0.0
+        else:
+            logits = self.head(hidden[selected]).float()
+            targets = tokens[:, :used_chunks][selected]
+            loss = F.cross_entropy(logits, targets)
+            accuracy = float((logits.argmax(dim=-1) == targets).float().mean())
+        valid_tokens = int(chunk_valid.sum()) * num_tokens
+        logs = {"loss": float(loss.detach()), "masked_accuracy": accuracy,
+                "mask_ratio": num_selected / valid_tokens, "tokens": float(num_selected)}
+        return loss, logs
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, text: torch.Tensor, num_chunks: int | None = None, steps: int = 8, cfg_scale: float = 3.0,
+                 temperature: float = 1.0, top_k: int | None = None, negative_text: torch.Tensor | None = None,
+                 prime_codes: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 order: str = "confidence", window_chunks: int | None = None, choice_temperature: float = 4.5,
+                 progress: Callable[[int, int], None] | None = None) -> torch.LongTensor:
+        """Sample codes (B, num_chunks, h, w), one chunk at a time with MaskGIT, past chunks from a KV cache.
+
+        text: (B, n, L) per-chunk prompt ids (or (B, L) for one prompt throughout). prime_codes (B,p,h,w)
+        are returned unchanged at the front. cfg_scale: logits = uncond + cfg_scale*(cond - uncond); the
+        uncond stream uses `negative_text` (same shapes as text) or the null text. temperature is the
+        sampling temperature at the first step, annealed linearly to temperature/steps at the last
+        (0 = greedy). order: which sampled tokens to keep each step, "confidence" (MaskGIT, with
+        choice_temperature-scaled annealed Gumbel noise) or "random". progress(done, total) is called
+        after each chunk.
+        """
+        config = self.config
+        text, num_chunks = self._check_generate_text(text, num_chunks, "text")
+        batch = text.shape[0]
+        device = self.head.weight.device
+        text = text.to(device)
+        if negative_text is not None:
+            negative_text, _ = self._check_generate_text(negative_text, num_chunks, "negative_text", batch)
+            negative_text = negative_text.to(device)
+        _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, config.codebook_size)
+        window_chunks = self._check_window(window_chunks)
+        num_prime = 0
+        if prime_codes is not None:
+            self._check_tokens(prime_codes, "prime_codes", allow_mask=False)
+            num_prime = prime_codes.shape[1]
+            if prime_codes.shape[0] != batch or num_prime > num_chunks:
+                raise ValueError(f"prime_codes {tuple(prime_codes.shape)} must have batch {batch} and at most "
+                                 f"num_chunks={num_chunks} chunks")
+            prime_codes = prime_codes.to(device)
+
+        # Streams run batched: conditional first, then unconditional. Scale 0 or 1 needs only one.
+        uncond_text = negative_text if negative_text is not None else self.null_text(batch, num_chunks, device)
+        streams = [text] if cfg_scale == 1 else [uncond_text] if cfg_scale == 0 else [text, uncond_text]
+        stream_text = torch.cat(streams, dim=0)
+        num_streams = len(streams)
+        cache = KVCache(config.depth, window_chunks - 1)
+
+        chunks = []
+        for chunk in range(num_chunks):
+            if chunk < num_prime:
+                decided = prime_codes[:, chunk].flatten(1)
+            else:
+                decided = self._sample_chunk(chunk, stream_text[:, chunk], cache, num_streams, batch, steps,
+                                             cfg_scale, temperature, top_k, order, choice_temperature, generator)
+            chunks.append(decided)
+            if chunk + 1 < num_chunks and window_chunks > 1:
+                # One pass over the decided tokens gives the keys/values later chunks will attend to.
+                _, own_kvs, key_valid = self._chunk_hidden(decided.repeat(num_streams, 1), stream_text[:, chunk],
+                                                           chunk, cache)
+                cache.append(own_kvs, key_valid)
+            if progress is not None and chunk >= num_prime:
+                progress(chunk + 1, num_chunks)
+        return torch.stack(chunks, dim=1).view(batch, num_chunks, config.chunk_height, config.chunk_width)
+
+    def _sample_chunk(self, chunk_index, text, cache, num_streams, batch, steps, cfg_scale, temperature, top_k,
+                      order, choice_temperature, generator) -> torch.Tensor:
+        """MaskGIT over one chunk: start fully masked, commit a cosine-scheduled share of tokens each step."""
+        num_tokens = self.config.chunk_tokens
+        tokens = torch.full((batch, num_tokens), self.config.mask_id, dtype=torch.long, device=text.device)
+        for step in range(steps):
+            hidden, _, _ = self._chunk_hidden(tokens.repeat(num_streams, 1), text, chunk_index, cache)
+            logits = self.head(hidden).float()
+            if num_streams == 2:
+                cond, uncond = logits.chunk(2, dim=0)
+                logits = uncond + cfg_scale * (cond - uncond)
+            tokens = maskgit_step(tokens, logits, self.config.mask_id, step, steps, temperature, top_k, order,
+                                  choice_temperature, generator)
+        return tokens
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json + model.safetensors into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config)}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> "Generator":
+        """Load a directory written by `save_pretrained`."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise ValueError(f"{directory} is not a generator directory: expected config.json + model.safetensors "
+                             "written by Generator.save_pretrained (or a training run's export/)")
+        try:
+            raw = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{config_path} is not valid JSON ({error})") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{config_path} must hold a JSON object of GeneratorConfig fields")
+        model_type = raw.pop("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ValueError(f"{config_path} describes a {model_type!r}, not a generator; pass a generator directory")
+        known = {field.name for field in dataclasses.fields(GeneratorConfig)}
+        unknown, missing = sorted(set(raw) - known), sorted(known - set(raw))
+        if unknown or missing:
+            raise ValueError(f"{config_path} does not match this code's GeneratorConfig (unknown keys {unknown}, "
+                             f"missing keys {missing}); it comes from another tokvid version, re-export it")
+        model = cls(GeneratorConfig(**raw))
+        try:
+            model.load_state_dict(load_file(str(weights_path)))
+        except RuntimeError as error:
+            raise ValueError(f"{weights_path} does not fit config.json ({error})") from error
+        return model.to(device)
+
+    # ---- input checks ------------------------------------------------------------------------
+
+    def _check_tokens(self, tokens, name: str, allow_mask: bool) -> None:
+        config = self.config
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.long, torch.int32, torch.int16):
+            raise ValueError(f"{name} must be an integer tensor (B, t, h, w); convert with .long()")
+        expected = (config.chunk_height, config.chunk_width)
+        if tokens.dim() != 4 or tuple(tokens.shape[2:]) != expected or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(f"{name} must have shape (B, t, {expected[0]}, {expected[1]}) with B, t >= 1, "
+                             f"got {tuple(tokens.shape)}")
+        upper = config.codebook_size + (1 if allow_mask else 0)
+        if int(tokens.min()) < 0 or int(tokens.max()) >= upper:
+            raise ValueError(f"{name} values must be in [0, {upper}) (codebook_size={config.codebook_size}"
+                             f"{', plus the mask id' if allow_mask else ''}); got [{int(tokens.min())}, "
+                             f"{int(tokens.max())}]: was the video tokenizer the one this generator was trained on?")
+
+    def _check_text(self, text, name: str, batch_chunks) -> None:
+        config = self.config
+        if not isinstance(text, torch.Tensor) or text.dtype not in (torch.long, torch.int32, torch.int16):
+            raise ValueError(f"{name} must be an integer tensor of text ids (B, t, L); build it with TextTokenizer.batch")
+        expected = (*tuple(batch_chunks), config.text_length)
+        if tuple(text.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected} (one prompt of text_length={config.text_length} "
+                             f"ids per chunk), got {tuple(text.shape)}")
+        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= config.text_vocab_size):
+            raise ValueError(f"{name} ids must be in [0, {config.text_vocab_size}); was the text tokenizer the "
+                             "one this generator was trained with?")
+
+    def _check_generate_text(self, text, num_chunks, name: str, batch: int | None = None):
+        if isinstance(text, torch.Tensor) and text.dim() == 2:
+            if num_chunks is None:
+                raise ValueError(f"{name} of shape (B, L) needs num_chunks; or pass (B, n, L) per-chunk prompts")
+            text = text[:, None].expand(-1, num_chunks, -1)
+        if not isinstance(text, torch.Tensor) or text.dim() != 3:
+            raise ValueError(f"{name} must be a tensor (B, n, L) of per-chunk prompt ids (or (B, L))")
+        num_chunks = text.shape[1] if num_chunks is None else num_chunks
+        if not isinstance(num_chunks, int) or isinstance(num_chunks, bool) or num_chunks < 1:
+            raise ValueError(f"num_chunks must be a positive int, got {num_chunks!r}")
+        self._check_text(text, name, (text.shape[0] if batch is None else batch, num_chunks))
+        if text.shape[0] == 0:
+            raise ValueError(f"{name} has batch size 0")
+        return text, num_chunks
+
+    def _check_window(self, window_chunks) -> int:
+        window_chunks = self.config.window_chunks if window_chunks is None else window_chunks
+        if not isinstance(window_chunks, int) or isinstance(window_chunks, bool) or window_chunks < 1:
+            raise ValueError(f"window_chunks must be an int >= 1, got {window_chunks!r}")
+        return window_chunks
+
+    @staticmethod
+    def _check_chunk_valid(chunk_valid, shape) -> torch.Tensor:
+        if not isinstance(chunk_valid, torch.Tensor) or tuple(chunk_valid.shape) != tuple(shape):
+            raise ValueError(f"chunk_valid must be a bool tensor of shape {tuple(shape)} (B, t)")
+        chunk_valid = chunk_valid.bool()
+        if bool((chunk_valid[:, 1:] & ~chunk_valid[:, :-1]).any()):
+            raise ValueError("chunk_valid must mark padding only at the end of each sample (True... then False...)")
+        if not bool(chunk_valid.any()):
+            raise ValueError("chunk_valid marks every chunk as padding; the batch has nothing to learn from")
+        return chunk_valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling helpers
+# ---------------------------------------------------------------------------------------------
+
+def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """U(0,1) drawn on the generator's own device (so a CPU generator drives a GPU model identically)."""
+    source_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=source_device).to(device)
+
+
+def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    uniform = _uniform(shape, generator, device).clamp_(1e-20, 1.0)
+    return -torch.log((-torch.log(uniform)).clamp_(min=1e-20))
+
+
+def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, codebook_size) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
+        raise ValueError(f"cfg_scale must be >= 0 (0 = unconditional, 1 = conditional only), got {cfg_scale!r}")
+    if not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if order not in SAMPLING_ORDERS:
+        raise ValueError(f"order must be one of {SAMPLING_ORDERS}, got {order!r}")
+    if not isinstance(choice_temperature, (int, float)) or not choice_temperature >= 0:
+        raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature!r}")
+
+
+def maskgit_step(tokens: torch.Tensor, logits: torch.Tensor, mask_id: int, step: int, steps: int,
+                 temperature: float, top_k: int | None, order: str, choice_temperature: float,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """One MaskGIT step on (B,N) tokens with (B,N,V) logits: sample every masked position, then re-mask
+    the cosine-scheduled number of them (all rows hold the same number of masked tokens)."""
+    unknown = tokens == mask_id
+    num_unknown = int(unknown[0].sum())
+    if num_unknown == 0:
+        return tokens
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_best = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    step_temperature = temperature * (steps - step) / steps
+    if step_temperature > 0:
+        sampled = (logits / step_temperature + _gumbel(logits.shape, generator, logits.device)).argmax(dim=-1)
+    else:
+        sampled = logits.argmax(dim=-1)
+    sampled = torch.where(unknown, sampled, tokens)
+
+    progress = (step + 1) / steps
+    num_remask = int(math.floor(tokens.shape[1] * math.cos(math.pi / 2 * progress)))
+    num_remask = 0 if step == steps - 1 else max(1, min(num_unknown - 1, num_remask))
+    if num_remask == 0:
+        return sampled
+    if order == "confidence":
+        confidence = logits.log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]
+        score = confidence + choice_temperature * (1 - progress) * _gumbel(confidence.shape, generator, logits.device)
+    else:
+        score = _uniform(sampled.shape, generator, logits.device)
+    score = score.masked_fill(~unknown, float("inf"))  # committed tokens are never re-masked
+    remask = score.topk(num_remask, dim=-1, largest=False).indices
+    return sampled.scatter(1, remask, mask_id)

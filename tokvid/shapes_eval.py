@@ -1,0 +1,234 @@
+"""Scorer for shapes-v1 videos: is the object the prompt's colour and shape, and does it move as asked?
+
+The object is found by colour: each pixel is matched to the palette colour it is a (possibly
+darkened) copy of, so edge pixels blended with the black background, codec noise and the blur of
+a decoded video still classify. Per segment of a story we check colour, shape (fill ratio of the
+object's box, and whether its mass sits low as a triangle's does) and motion (displacement over
+the segment, with "stopped at the wall" counting as right for a motion into that wall). Per
+frame we check cleanliness (one object of plausible size, nothing else on screen).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from tokvid.shapes import COLOURS, FRAME_SIZE, MAX_SIDE, MIN_SIDE, SPEED, VELOCITY, parse_caption
+
+_PALETTE_NAMES = list(COLOURS)
+_PALETTE = np.array([COLOURS[name] for name in _PALETTE_NAMES], np.float32)
+_WHITE = _PALETTE_NAMES.index("white")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Thresholds of the scorer, in pixels of a 64x64 frame (scaled for other sizes)."""
+
+    colour_distance: float = 60.0  # max RGB distance from a (darkened) palette colour
+    min_coverage: float = 0.5      # a pixel belongs to the object if >= half as bright as its colour
+    background_level: int = 50     # max channel value below which a pixel is background
+    side_slack: float = 2.0        # accepted bbox side: MIN_SIDE - slack .. MAX_SIDE + slack
+    stray_pixels: int = 4          # non-object bright pixels tolerated in a clean frame ...
+    stray_fraction: float = 0.1    # ... or this fraction of the object's pixels, if larger
+    square_fill: float = 0.9       # fill ratio of its box at or above which an object is a square
+    triangle_top_share: float = 0.42  # share of pixels in the box's upper half below which: triangle
+    min_progress: float = 0.5      # fraction of the expected displacement a move must cover
+    max_progress: float = 1.5      # ... and at most this fraction (+ across_slack), i.e. not too fast
+    across_slack: float = 3.0      # px of drift perpendicular to the motion tolerated
+    still_slack: float = 3.0       # px a "stays still" object may drift
+    wall_slack: float = 2.0        # px from the frame edge that counts as "at the wall"
+    frozen_travel: float = 1.0     # px: a moving segment whose object travels less is frozen
+    frozen_pixel_change: float = 0.5  # mean abs pixel change under which frames count as identical
+
+
+DEFAULT_TOLERANCES = Tolerances()
+
+
+def classify_pixels(frames: np.ndarray, tolerances: Tolerances = DEFAULT_TOLERANCES) -> np.ndarray:
+    """Label each pixel of uint8 (..., H, W, 3): palette index, -1 background, -2 other colour."""
+    pixels = frames.astype(np.float32)
+    # coverage a of palette colour c that best explains pixel p as a * c (object blended with black)
+    coverage = np.clip((pixels @ _PALETTE.T) / (_PALETTE ** 2).sum(1), 0.0, 1.2)
+    residual = np.linalg.norm(pixels[..., None, :] - coverage[..., None] * _PALETTE, axis=-1)
+    best = residual.argmin(-1)
+    best_residual = np.take_along_axis(residual, best[..., None], -1)[..., 0]
+    best_coverage = np.take_along_axis(coverage, best[..., None], -1)[..., 0]
+    labels = np.where(pixels.max(-1) < tolerances.background_level, -1, -2)
+    is_object = (best_residual < tolerances.colour_distance) & (best_coverage >= tolerances.min_coverage)
+    dim_palette = (best_residual < tolerances.colour_distance) & ~is_object
+    labels = np.where(is_object, best, labels)
+    return np.where(dim_palette, -1, labels)  # faint edge halo of an object counts as background
+
+
+def locate_object(labels: np.ndarray, scale: float = 1.0,
+                  tolerances: Tolerances = DEFAULT_TOLERANCES) -> dict | None:
+    """Describe the object in one frame's pixel labels, or None if no palette colour is present."""
+    counts = np.bincount(labels[labels >= 0].ravel(), minlength=len(_PALETTE))
+    if counts.sum() == 0:
+        return None
+    colour_index = int(counts.argmax())
+    core = labels == colour_index
+    # chroma subsampling washes out the colour of the object's outline pixels (towards grey, which
+    # may match white): such pixels touching the object are its outline, not a second object
+    washed_out = (labels == -2) | (labels == _WHITE)
+    mask = core | (washed_out & _dilate(core))
+    rows, cols = np.nonzero(mask)
+    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    height, width = bottom - top + 1, right - left + 1
+    area = len(rows)
+    fill = area / (height * width)
+    top_share = float((rows < top + height / 2).mean())
+    if top_share < tolerances.triangle_top_share:
+        shape = "triangle"
+    elif fill >= tolerances.square_fill:
+        shape = "square"
+    else:
+        shape = "circle"
+    stray = int((labels != -1).sum() - area)
+    low = (MIN_SIDE - tolerances.side_slack) * scale
+    high = (MAX_SIDE + tolerances.side_slack) * scale
+    clean = (low <= height <= high and low <= width <= high
+             and abs(height - width) <= tolerances.side_slack * scale
+             and fill >= 0.4
+             and stray <= max(tolerances.stray_pixels * scale ** 2, tolerances.stray_fraction * area))
+    return {
+        "colour": _PALETTE_NAMES[colour_index], "shape": shape, "clean": bool(clean),
+        "centre": (float(cols.mean()), float(rows.mean())),  # (x, y)
+        "box": (int(left), int(top), int(right), int(bottom)), "fill": float(fill), "pixels": int(area),
+    }
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """3x3 binary dilation."""
+    padded = np.pad(mask, 1)
+    height, width = mask.shape
+    return np.any([padded[dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)], axis=0)
+
+
+def _majority(values: list) -> object:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    names, counts = np.unique(values, return_counts=True)
+    return str(names[counts.argmax()])
+
+
+def _at_wall(box: tuple[int, int, int, int], motion: str, frame_size: int, slack: float) -> bool:
+    left, top, right, bottom = box
+    return {"left": left <= slack, "right": right >= frame_size - 1 - slack,
+            "up": top <= slack, "down": bottom >= frame_size - 1 - slack}.get(motion, False)
+
+
+def score_video(frames: np.ndarray, segments: Sequence[tuple[str, int]],
+                tolerances: Tolerances = DEFAULT_TOLERANCES) -> dict:
+    """Score uint8 (T, H, W, 3) frames against a story [(prompt, frames), ...].
+
+    T may be sum(frames) + 1 (with the leading frame) or sum(frames). Returns per-segment results
+    (index, frame range, detected colour/shape, colour_ok, shape_ok, motion_ok, frozen, ok),
+    per-frame clean flags, identity_kept across prompt switches, all_ok and frozen (whole video).
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    segments = [(str(text), int(length)) for text, length in segments]
+    if not segments or any(length < 1 for _, length in segments):
+        raise ValueError("segments must be a non-empty list of (prompt, frames >= 1)")
+    total = sum(length for _, length in segments)
+    if len(frames) not in (total, total + 1):
+        raise ValueError(f"got {len(frames)} frames for segments summing to {total}; "
+                         f"expected {total + 1} (with the leading frame) or {total}")
+    leading = len(frames) == total + 1
+    frame_size = frames.shape[2]
+    scale = frame_size / FRAME_SIZE
+
+    labels = classify_pixels(frames, tolerances)
+    objects = [locate_object(frame_labels, scale, tolerances) for frame_labels in labels]
+    clean = [bool(o and o["clean"]) for o in objects]
+
+    results, start = [], int(leading)
+    for index, (text, length) in enumerate(segments):
+        colour, shape, motion = parse_caption(text)
+        end = start + length  # frames [start, end) belong to this segment
+        before = start - 1 if start > 0 else start  # the frame the segment's motion starts from
+        seen = [o for o in objects[before:end] if o is not None]
+        found_colour = _majority([o["colour"] for o in seen])
+        found_shape = _majority([o["shape"] for o in seen if o["colour"] == found_colour and o["clean"]]
+                                or [o["shape"] for o in seen if o["colour"] == found_colour])
+        motion_ok, frozen, travel = _judge_motion(objects[before:end], frames[before:end], motion,
+                                                  end - 1 - before, frame_size, scale, tolerances)
+        result = {
+            "index": index, "prompt": text, "start_frame": start, "end_frame": end,
+            "colour": found_colour, "shape": found_shape,
+            "colour_ok": found_colour == colour, "shape_ok": found_shape == shape,
+            "motion_ok": motion_ok, "frozen": frozen, "travel": travel,
+        }
+        result["ok"] = result["colour_ok"] and result["shape_ok"] and result["motion_ok"]
+        results.append(result)
+        start = end
+
+    identities = [(r["colour"], r["shape"]) for r in results]
+    moving = [r for r, (text, _) in zip(results, segments) if parse_caption(text)[2] != "still"
+              and r["frozen"] is not None]
+    return {
+        "segments": results,
+        "clean_frames": clean,
+        "identity_kept": all(i == identities[0] and None not in i for i in identities),
+        "all_ok": all(r["ok"] for r in results),
+        "frozen": bool(moving) and all(r["frozen"] for r in moving),
+    }
+
+
+def _judge_motion(objects: list, frames: np.ndarray, motion: str, steps: int, frame_size: int,
+                  scale: float, tolerances: Tolerances) -> tuple[bool, bool | None, float]:
+    """(motion right, frozen or None when not applicable, distance travelled along the motion)."""
+    first, last = objects[0], objects[-1]
+    if first is None or last is None or steps < 1:
+        return False, None, 0.0
+    centres = np.array([o["centre"] if o else (np.nan, np.nan) for o in objects])
+    displacement = centres[-1] - centres[0]
+    if motion == "still":
+        drift = np.nanmax(np.linalg.norm(centres - centres[0], axis=1))
+        return bool(drift <= tolerances.still_slack * scale), None, float(drift)
+    direction = np.array(VELOCITY[motion], np.float64) / SPEED
+    along = float(displacement @ direction)
+    across = float(abs(displacement @ direction[::-1]))
+    expected = SPEED * scale * steps
+    wall = tolerances.wall_slack * scale
+    reached_wall = _at_wall(last["box"], motion, frame_size, wall)
+    far_enough = along >= tolerances.min_progress * expected or (reached_wall and along >= -wall)
+    not_too_far = along <= tolerances.max_progress * expected + tolerances.across_slack * scale
+    motion_ok = far_enough and not_too_far and across <= tolerances.across_slack * scale
+    if _at_wall(first["box"], motion, frame_size, wall):
+        return bool(motion_ok), None, along  # blocked from the start: standing still is right
+    travel = float(np.nanmax(np.abs((centres - centres[0]) @ direction)))
+    change = np.abs(frames.astype(np.int16) - frames[:1]).mean(axis=(1, 2, 3)).max()
+    unchanged = float(change) < tolerances.frozen_pixel_change  # no frame differs from the first
+    return bool(motion_ok), bool(travel < tolerances.frozen_travel * scale or unchanged), along
+
+
+def summarize(scores: Sequence[dict]) -> dict:
+    """Rates over many score_video results; accuracy per segment index gives drift curves."""
+    if not scores:
+        raise ValueError("summarize needs at least one score_video result")
+    segments = [s for score in scores for s in score["segments"]]
+    frames = [flag for score in scores for flag in score["clean_frames"]]
+    stories = [score for score in scores if len(score["segments"]) > 1]
+    judged = [s["frozen"] for s in segments if s["frozen"] is not None]
+    by_index: dict[int, list[bool]] = {}
+    for s in segments:
+        by_index.setdefault(s["index"], []).append(s["ok"])
+    return {
+        "videos": len(scores),
+        "segments": len(segments),
+        "video_accuracy": float(np.mean([score["all_ok"] for score in scores])),
+        "segment_accuracy": float(np.mean([s["ok"] for s in segments])),
+        "colour_accuracy": float(np.mean([s["colour_ok"] for s in segments])),
+        "shape_accuracy": float(np.mean([s["shape_ok"] for s in segments])),
+        "motion_accuracy": float(np.mean([s["motion_ok"] for s in segments])),
+        "identity_rate": float(np.mean([s["identity_kept"] for s in stories])) if stories else None,
+        "clean_frame_rate": float(np.mean(frames)),
+        "frozen_segment_rate": float(np.mean(judged)) if judged else 0.0,
+        "frozen_video_rate": float(np.mean([score["frozen"] for score in scores])),
+        "accuracy_by_segment_index": {i: float(np.mean(v)) for i, v in sorted(by_index.items())},
+    }

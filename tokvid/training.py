@@ -1,0 +1,851 @@
+"""The DeepSpeed training loop shared by the tokenizer and generator trainers.
+
+`run_training` takes a model factory, an ItemDataset and a loss function, and adds what long runs
+on many ranks need:
+
+- launch: works under `deepspeed --num_gpus N`, `torchrun` and as a plain single process; the
+  process group exists before the model is built, and every rank builds it from the same seed
+  (DeepSpeed broadcasts parameters, never buffers such as EMA codebooks).
+- checkpoints: every rank writes into `RUN/checkpoints/step-XXXXXXX.tmp` (DeepSpeed state plus a
+  per-rank file with all RNG states and the data position); rank 0 then writes a COMPLETE marker,
+  fsyncs and renames the directory. A save killed halfway leaves the previous checkpoint intact;
+  `resume="auto"` takes the newest complete one. SIGTERM/SIGINT save at the end of the step.
+- exact resume: data order is a function of (seed, epoch, rank), and the randomness of step s,
+  micro-step m on rank r comes from a generator seeded by (seed, s, r, m), so a resumed run
+  repeats the losses of an uninterrupted one bit for bit.
+- faults: a non-finite loss on any rank skips the step on all ranks (agreed by all-reduce); a
+  non-finite gradient norm is skipped by DeepSpeed's ZeRO optimizers (checked with
+  `was_step_applied`); both are counted, and too many in a row stop the run after a checkpoint.
+  Unusable data items are replaced (see datasets.py) and the run stops when too many are bad.
+- observability: `RUN/metrics.jsonl` (one object per optimizer step), TensorBoard in `RUN/tb`,
+  a tqdm bar on rank 0.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tokvid.datasets import ItemDataset, ResumableLoader
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+COMPLETE_MARKER = "COMPLETE"
+DEEPSPEED_TAG = "deepspeed"
+METRICS_FILE = "metrics.jsonl"
+
+LossFunction = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (too many skipped steps, too much bad data); the message says why."""
+
+
+@dataclass
+class TrainingConfig:
+    out_dir: str  # run directory: checkpoints/, metrics.jsonl, tb/, export/
+    max_steps: int  # optimizer steps to run in total (skipped steps included)
+    seed: int = 0  # model initialisation (identical on every rank), data order and per-step randomness
+    micro_batch: int = 4  # samples per rank per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    lr: float = 3e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio at max_steps
+    warmup_steps: int = 100  # linear warmup (in applied optimizer steps)
+    weight_decay: float = 0.01  # AdamW weight decay, applied to matrices only
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    zero_stage: int | None = None  # ZeRO stage 1/2/3; None keeps the DeepSpeed config's
+    bf16: bool | None = None  # bf16 mixed precision (GPU); None keeps the DeepSpeed config's
+    activation_checkpointing: bool = False  # recompute activations of ModuleList blocks in backward
+    save_every: int = 1000  # checkpoint period in steps (the last step is always saved)
+    keep_last: int = 2  # complete checkpoints kept on disk
+    resume: str | None = None  # None: fresh run; "auto": newest complete checkpoint if any; or a checkpoint dir
+    max_consecutive_skips: int = 5  # stop (after a checkpoint) when this many steps in a row are skipped
+    max_bad_data_fraction: float = 0.01  # stop when more than this fraction of the items is unusable
+    throughput_unit: str = "tokens"  # metrics report <unit>_per_s ("tokens" or "frames")
+    inject_nan_loss_at_step: int | None = None  # tests: rank 0's loss becomes NaN at this step
+    inject_nan_grad_at_step: int | None = None  # tests: gradients become NaN (finite loss) at this step
+    kill_after_step: int | None = None  # tests: every rank SIGKILLs itself after this step (and its save)
+    kill_during_save_at_step: int | None = None  # tests: SIGKILL after writing the checkpoint, before COMPLETE
+
+    def __post_init__(self):
+        positive = ("max_steps", "micro_batch", "grad_accum", "save_every", "keep_last", "max_consecutive_skips")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        if self.zero_stage is not None and self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"zero_stage must be 1, 2 or 3, got {self.zero_stage} "
+                             "(stage 0 has no overflow check, so a NaN gradient would reach the weights)")
+        if not 0 <= self.max_bad_data_fraction <= 1:
+            raise ValueError(f"max_bad_data_fraction must be in [0, 1], got {self.max_bad_data_fraction}")
+        self.betas = tuple(float(b) for b in self.betas)
+
+
+@dataclass
+class TrainingResult:
+    step: int  # last completed step
+    status: str  # "finished" or "interrupted" (signal)
+    skipped_steps: int
+    bad_items: int
+    export_dir: str | None = None
+    losses: list[float | None] = field(default_factory=list)  # per step run in this process (None = skipped)
+
+
+# ----------------------------------------------------------------------------------------------
+# process group and configuration
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Initialise the process group (gloo on CPU) and return (rank, world_size).
+
+    A process started without a launcher gets the environment of a 1-rank world, so DeepSpeed
+    never tries MPI discovery. Idempotent.
+    """
+    import deepspeed
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
+        deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_ds_config(path: str | Path) -> dict:
+    """Read a DeepSpeed JSON config; "auto" values (an HF Trainer feature) are refused."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read DeepSpeed config {path}: {error}") from None
+    auto = [key for key, value in _flatten(config) if value == "auto"]
+    if auto:
+        raise ValueError(f"{path} has \"auto\" values ({', '.join(auto)}); raw DeepSpeed needs numbers there")
+    return config
+
+
+def build_ds_config(base: dict, config: TrainingConfig) -> dict:
+    """The DeepSpeed config of a run: the JSON file with the command-line settings applied."""
+    ds = json.loads(json.dumps(base))
+    for section in ("optimizer", "scheduler"):
+        if section in ds:
+            raise ValueError(f"remove the \"{section}\" section from the DeepSpeed config: the trainer builds AdamW "
+                             "and a warmup + cosine schedule from --lr, --warmup-steps and --max-steps")
+    if ds.get("fp16", {}).get("enabled"):
+        raise ValueError("fp16 is not supported (its loss-scale overflows would count as skipped steps); use bf16")
+    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two below and the world size
+    ds["train_micro_batch_size_per_gpu"] = config.micro_batch
+    ds["gradient_accumulation_steps"] = config.grad_accum
+    ds.setdefault("steps_per_print", 1000)
+    zero = ds.setdefault("zero_optimization", {})
+    if config.zero_stage is not None:
+        zero["stage"] = config.zero_stage
+    if zero.get("stage", 0) not in (1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {zero.get('stage', 0)}")
+    if config.bf16 is not None:
+        ds.setdefault("bf16", {})["enabled"] = config.bf16
+    if ds.get("bf16", {}).get("enabled"):
+        ds["bf16"]["check_grad_overflow"] = True  # otherwise a NaN gradient is applied silently
+    return ds
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(tree, dict):
+        return [item for key, value in tree.items() for item in _flatten(value, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), tree)]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, step, rank, ...), statistically independent across tuples."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def warmup_cosine(warmup_steps: int, max_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier after `applied` optimizer steps: linear warmup, then cosine down to min_ratio."""
+
+    def multiplier(applied: int) -> float:
+        if applied < warmup_steps:
+            return (applied + 1) / warmup_steps
+        progress = min(1.0, (applied - warmup_steps) / max(1, max_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def enable_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute the forward of every ModuleList element in backward; returns how many were wrapped.
+
+    Elements holding buffers are left alone: recomputing them would apply stateful updates (such as
+    EMA codebooks) twice.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    wrapped = 0
+    for module_list in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
+        for block in module_list:
+            if next(block.buffers(), None) is not None or getattr(block, "_tokvid_checkpointed", False):
+                continue
+            plain_forward = block.forward
+            block.forward = lambda *args, _f=plain_forward, **kwargs: checkpoint(_f, *args, use_reentrant=False,
+                                                                                 **kwargs)
+            block._tokvid_checkpointed = True
+            wrapped += 1
+    return wrapped
+
+
+class LossModule(nn.Module):
+    """What the DeepSpeed engine runs: forward(batch, generator) = loss_fn(model, batch, generator).
+
+    Going through the engine's forward lets ZeRO-3 gather parameters even though the models expose
+    `training_loss` rather than `forward` as their training entry point.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFunction):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(self.model, batch, generator)
+
+
+class _PoisonGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not (fault injection)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def add_training_arguments(parser) -> None:
+    """The flags both train/ scripts share (an argparse.ArgumentParser); see training_config_from_args."""
+    import argparse
+
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # appended by the launcher
+    parser.add_argument("--out", required=True, help="run directory (checkpoints/, metrics.jsonl, tb/, export/)")
+    parser.add_argument("--max-steps", type=int, required=True, help="optimizer steps in total")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint, if any) or a checkpoint dir")
+    parser.add_argument("--preset", default="small", choices=("tiny", "small", "base"), help="model size")
+    parser.add_argument("--zero-stage", type=int, choices=(1, 2, 3), default=None,
+                        help="override the DeepSpeed config's ZeRO stage")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 mixed precision (GPU); default: the DeepSpeed config's")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine end value as a fraction of --lr")
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--micro-batch", type=int, default=4, help="samples per rank per micro-step")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
+    parser.add_argument("--save-every", type=int, default=1000, help="checkpoint period in steps")
+    parser.add_argument("--keep-last", type=int, default=2, help="complete checkpoints to keep")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per rank")
+    parser.add_argument("--num-frames", type=int, default=17, help="frames per training clip (1 + k*tc)")
+    parser.add_argument("--max-consecutive-skips", type=int, default=5,
+                        help="stop after this many skipped (non-finite) steps in a row")
+    parser.add_argument("--max-bad-data-fraction", type=float, default=0.01,
+                        help="stop when more than this fraction of the data items is unusable")
+    for flag in ("--inject-nan-at-step", "--inject-nan-grad-at-step", "--kill-after-step",
+                 "--kill-during-save-at-step"):  # fault injection for the tests
+        parser.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
+
+
+def training_config_from_args(args, throughput_unit: str) -> TrainingConfig:
+    return TrainingConfig(
+        out_dir=args.out, max_steps=args.max_steps, seed=args.seed, micro_batch=args.micro_batch,
+        grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, zero_stage=args.zero_stage, bf16=args.bf16,
+        activation_checkpointing=args.activation_checkpointing, save_every=args.save_every,
+        keep_last=args.keep_last, resume=args.resume, max_consecutive_skips=args.max_consecutive_skips,
+        max_bad_data_fraction=args.max_bad_data_fraction, throughput_unit=throughput_unit,
+        inject_nan_loss_at_step=args.inject_nan_at_step, inject_nan_grad_at_step=args.inject_nan_grad_at_step,
+        kill_after_step=args.kill_after_step, kill_during_save_at_step=args.kill_during_save_at_step)
+
+
+def ds_config_path(args) -> Path:
+    """--deepspeed_config, else the repository's ds_config.json next to train/."""
+    given = getattr(args, "deepspeed_config", None)
+    return Path(given) if given else Path(__file__).resolve().parents[1] / "ds_config.json"
+
+
+def run_script(args, train: Callable[[TrainingConfig, dict], TrainingResult], throughput_unit: str) -> int:
+    """What a train/ script does after parsing: logging, threads, configs, errors -> exit codes."""
+    import sys
+
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = train(training_config_from_args(args, throughput_unit), load_ds_config(ds_config_path(args)))
+    except TrainingStopped as error:
+        print(f"rank {rank}: training stopped: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"rank {rank}: error: {error}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        print(f"{result.status} at step {result.step}; skipped steps {result.skipped_steps}, "
+              f"unusable items {result.bad_items}; export: {result.export_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints on disk
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every committed checkpoint of a run, oldest first; .tmp dirs are ignored."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = []
+    for path in root.glob("step-*") if root.is_dir() else []:
+        suffix = path.name[len("step-"):]
+        if path.is_dir() and suffix.isdigit() and (path / COMPLETE_MARKER).is_file():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint directory to resume from, or None for a fresh start."""
+    existing = complete_checkpoints(run_dir)
+    if resume is None:
+        if existing:
+            raise ValueError(f"{run_dir} already has checkpoints (newest: {existing[-1][1].name}); pass "
+                             "--resume auto to continue that run or choose another --out")
+        return None
+    if resume == "auto":
+        return existing[-1][1] if existing else None
+    path = Path(resume)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker); "
+                         "pass --resume auto to take the newest complete one")
+    return path
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _rank_file(directory: Path, rank: int) -> Path:
+    return directory / f"rank-{rank:05d}.pt"
+
+
+def commit_checkpoint(tmp_dir: Path, final_dir: Path, summary: dict) -> None:
+    """Make a fully written checkpoint directory visible atomically (rank 0, after a barrier)."""
+    for path in sorted(tmp_dir.rglob("*")):
+        if path.is_file():
+            _fsync_path(path)
+    marker_tmp = tmp_dir / (COMPLETE_MARKER + ".tmp")
+    marker_tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    _fsync_path(marker_tmp)
+    os.replace(marker_tmp, tmp_dir / COMPLETE_MARKER)
+    _fsync_path(tmp_dir)
+    if final_dir.exists():  # the same step saved again (e.g. a resumed run's final save)
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
+    _fsync_path(final_dir.parent)
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints, and leftovers of killed saves."""
+    for _, path in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in (Path(run_dir) / CHECKPOINTS).glob("step-*.tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def capture_rng_state() -> dict:
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if accelerator.device_name() != "cpu":
+        state["accelerator"] = accelerator.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    from deepspeed.accelerator import get_accelerator
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "accelerator" in state:
+        get_accelerator().set_rng_state(state["accelerator"])
+
+
+def unsynced_buffers(module: nn.Module) -> list[str]:
+    """Names of buffers whose values differ between ranks (collective: every rank must call it)."""
+    named = [(name, b) for name, b in module.named_buffers() if b.numel()]
+    if dist.get_world_size() == 1 or not named:
+        return []
+    flat = torch.cat([torch.nan_to_num(b.detach().double().flatten()) for _, b in named])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    differs = (high != low).cpu()
+    names, start = [], 0
+    for name, buffer in named:
+        if differs[start:start + buffer.numel()].any():
+            names.append(name)
+        start += buffer.numel()
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics
+
+
+class MetricsLog:
+    """metrics.jsonl + TensorBoard on rank 0; a no-op elsewhere."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int):
+        self.path = run_dir / METRICS_FILE
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        if self.path.exists():  # drop lines of steps after the checkpoint: they will be run again
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1)
+        except ImportError:
+            logger.warning("tensorboard is not installed; metrics go to %s only", self.path)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def run_training(config: TrainingConfig, ds_config: dict, build_model: Callable[[], nn.Module],
+                 dataset: ItemDataset, loss_fn: LossFunction, count_units: Callable[[Any], int],
+                 export_fn: Callable[[nn.Module, Path], None] | None = None,
+                 run_info: dict | None = None) -> TrainingResult:
+    """Train `build_model()` with DeepSpeed on `dataset` until config.max_steps; export at the end.
+
+    build_model is called on every rank after the process group exists, under the same seed.
+    loss_fn(model, batch, generator) -> (loss, logs) must draw all randomness from `generator`.
+    count_units(batch) gives the throughput unit per batch (video tokens or frames).
+    export_fn(model, directory) writes the consolidated fp32 model (rank 0 only).
+    """
+    trainer = _Trainer(config, ds_config, build_model, dataset, loss_fn, count_units, export_fn, run_info or {})
+    return trainer.run()
+
+
+class _Trainer:
+    def __init__(self, config, ds_config, build_model, dataset, loss_fn, count_units, export_fn, run_info):
+        import deepspeed
+
+        self.config, self.dataset, self.count_units = config, dataset, count_units
+        self.build_model, self.export_fn, self.run_info = build_model, export_fn, run_info
+        self.rank, self.world_size = setup_distributed()
+        self.run_dir = Path(config.out_dir)
+        self.resume_from = resolve_resume(self.run_dir, config.resume)
+        self.ds_config = build_ds_config(ds_config, config)
+        self.zero_stage = self.ds_config["zero_optimization"]["stage"]
+
+        torch.manual_seed(config.seed)  # same initial weights and buffers on every rank
+        model = build_model()
+        if config.activation_checkpointing:
+            logger.info("activation checkpointing on %d blocks", enable_activation_checkpointing(model))
+        self.module = LossModule(model, loss_fn)
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        offload = self.ds_config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") != "none"
+        optimizer = None
+        if offload:  # ZeRO-Offload needs DeepSpeed's own CPU Adam (a compiled op)
+            self.ds_config["optimizer"] = {"type": "AdamW", "params": {"lr": config.lr, "betas": list(config.betas),
+                                                                      "weight_decay": config.weight_decay}}
+        else:  # torch's AdamW: supported by ZeRO, needs no compiled op (CPU CI)
+            optimizer = lambda params: torch.optim.AdamW(params, lr=config.lr, betas=config.betas)  # noqa: E731
+        schedule = warmup_cosine(config.warmup_steps, config.max_steps, config.min_lr_ratio)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.module, model_parameters=groups, optimizer=optimizer, config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        if self.zero_stage == 3:  # the models' own parameters are read in training_loss, not in a forward
+            for parameter in model.parameters(recurse=False):
+                deepspeed.zero.register_external_parameter(self.module, parameter)
+        self.device = self.engine.device
+        self.float_dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
+        self.loader = ResumableLoader(dataset, config.micro_batch, config.seed, self.rank, self.world_size)
+        self.step, self.skipped_total, self.consecutive_skips = 0, 0, 0
+        self.stop_requested = False
+
+    # -- lifecycle
+    def run(self) -> TrainingResult:
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        elif self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        self.metrics = MetricsLog(self.run_dir, self.rank == 0, self.step)
+        losses, status = [], "finished"
+        previous_handlers = self._install_signal_handlers()
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.config.max_steps, initial=self.step, disable=self.rank != 0, unit="step",
+                   dynamic_ncols=True)
+        try:
+            while self.step < self.config.max_steps:
+                self.step += 1
+                record, stop = self._train_step()
+                losses.append(record["loss"])
+                bar.update(1)
+                bar.set_postfix(loss=record["loss"], skipped=self.skipped_total)
+                if stop:
+                    self._save()
+                    logger.info("stop requested by a signal: saved step %d, exiting", self.step)
+                    status = "interrupted"
+                    break
+                if self.step % self.config.save_every == 0 or self.step == self.config.max_steps:
+                    self._save()
+                if self.config.kill_after_step == self.step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            export_dir = self._export() if status == "finished" and self.export_fn else None
+        finally:
+            bar.close()
+            self.metrics.close()
+            self._restore_signal_handlers(previous_handlers)
+        return TrainingResult(self.step, status, self.skipped_total, len(self.loader.bad_items),
+                              str(export_dir) if export_dir else None, losses)
+
+    def _install_signal_handlers(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum, frame):
+            self.stop_requested = True
+            logger.warning("rank %d got signal %d: saving a checkpoint at the end of this step", self.rank, signum)
+
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    # -- one optimizer step
+    def _train_step(self) -> tuple[dict, bool]:
+        config, engine = self.config, self.engine
+        started = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        abandoned = poisoned = False
+        loss_sum, log_sums, counted, units = 0.0, {}, 0, 0
+        for micro in range(config.grad_accum):
+            if abandoned:
+                self.loader.skip(config.micro_batch)
+                continue
+            batch = self.loader.next_batch()
+            units += self.count_units(batch)
+            batch = _to_device(batch, self.device, self.float_dtype)
+            generator = torch.Generator(device=self.device).manual_seed(
+                derive_seed(config.seed, self.step, self.rank, micro))
+            torch.manual_seed(derive_seed(config.seed, self.step, self.rank, micro, 1))  # for models using global RNG
+            loss, logs = engine(batch, generator)
+            loss = self._inject_faults(loss, micro)
+            finite, mean_loss, mean_logs = self._reduce_loss(loss, logs)
+            if not finite:
+                if micro == 0:  # nothing accumulated yet: skip backward and step on every rank
+                    abandoned = True
+                    continue
+                # Gradients of earlier micro-steps are already accumulated inside ZeRO: make them all
+                # non-finite so that its overflow check discards the whole step.
+                poisoned = True
+                loss = loss * float("nan")
+            engine.backward(loss)
+            engine.step()
+            if finite:
+                loss_sum, counted = loss_sum + mean_loss, counted + 1
+                for key, value in mean_logs.items():
+                    log_sums[key] = log_sums.get(key, 0.0) + value
+
+        applied = not abandoned and engine.was_step_applied()
+        if poisoned and applied:
+            raise RuntimeError(f"step {self.step}: DeepSpeed applied an update although a loss was not finite")
+        skipped = abandoned or poisoned or not applied
+        grad_norm = _as_float(engine.get_global_grad_norm()) if applied else None
+        self.skipped_total += skipped
+        self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
+        stop_signal, bad_items = self._agree_on_step_end()
+        elapsed = time.perf_counter() - started
+        record = {"step": self.step, "loss": None if skipped else loss_sum / counted, "lr": lr,
+                  "grad_norm": grad_norm,
+                  f"{config.throughput_unit}_per_s": units * self.world_size / elapsed,
+                  "skipped": int(skipped),
+                  "skip_reason": ("loss" if abandoned or poisoned else "grad_norm") if skipped else None,
+                  "skipped_total": self.skipped_total, "bad_items": bad_items}
+        if not skipped:
+            record.update({k: v / counted for k, v in log_sums.items() if k not in record})
+        self.metrics.write(record)
+        if self.consecutive_skips >= config.max_consecutive_skips:
+            self._save()
+            raise TrainingStopped(
+                f"{self.consecutive_skips} optimizer steps in a row were skipped (non-finite loss or gradient) up to "
+                f"step {self.step}; saved {checkpoint_name(self.step)}. Lower --lr, check the data, or raise "
+                "--max-consecutive-skips, then continue with --resume auto")
+        return record, stop_signal
+
+    def _inject_faults(self, loss: torch.Tensor, micro: int) -> torch.Tensor:
+        if micro == 0 and self.config.inject_nan_loss_at_step == self.step and self.rank == 0:
+            loss = loss * float("nan")
+        if micro == 0 and self.config.inject_nan_grad_at_step == self.step:
+            loss = _PoisonGradient.apply(loss)
+        return loss
+
+    def _reduce_loss(self, loss: torch.Tensor, logs: dict) -> tuple[bool, float, dict]:
+        """Agree on finiteness across ranks and average loss and logs over them (one all-reduce)."""
+        keys = sorted(logs)
+        value = float(loss.detach())
+        finite = math.isfinite(value)
+        packed = torch.tensor([0.0 if finite else 1.0, value if finite else 0.0, *(float(logs[k]) for k in keys)],
+                              dtype=torch.float64, device=self.device)
+        dist.all_reduce(packed)
+        packed = packed.cpu()
+        means = (packed[1:] / self.world_size).tolist()
+        return bool(packed[0] == 0), means[0], dict(zip(keys, means[1:]))
+
+    def _agree_on_step_end(self) -> tuple[bool, int]:
+        """Signal flag and unusable-data count summed over ranks; stops when too much data is bad."""
+        packed = torch.tensor([float(self.stop_requested), float(len(self.loader.bad_items))],
+                              dtype=torch.float64, device=self.device)
+        dist.all_reduce(packed)
+        stop, bad = bool(packed[0] > 0), int(packed[1])
+        if bad > self.config.max_bad_data_fraction * len(self.dataset):
+            per_rank = [None] * self.world_size
+            dist.all_gather_object(per_rank, {self.dataset.describe(i): why for i, why in self.loader.bad_items.items()})
+            merged = {name: why for found in per_rank for name, why in found.items()}
+            if len(merged) > self.config.max_bad_data_fraction * len(self.dataset):
+                listing = "\n".join(f"  {name}: {why}" for name, why in sorted(merged.items()))
+                raise TrainingStopped(
+                    f"{len(merged)} of {len(self.dataset)} data items are unusable, more than "
+                    f"--max-bad-data-fraction {self.config.max_bad_data_fraction}; fix or remove them:\n{listing}")
+            bad = len(merged)
+        return stop, bad
+
+    # -- checkpoints
+    def _save(self) -> None:
+        root = self.run_dir / CHECKPOINTS
+        final_dir = root / checkpoint_name(self.step)
+        tmp_dir = root / (final_dir.name + ".tmp")
+        diverged = unsynced_buffers(self.module)
+        if diverged:
+            raise RuntimeError(f"buffers differ between ranks: {', '.join(diverged[:8])}; DeepSpeed does not "
+                               "broadcast buffers, so they must be synchronised by the model (e.g. VQ sync_codebook)")
+        if self.rank == 0:
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # left by a save that was killed
+            tmp_dir.mkdir(parents=True)
+        dist.barrier()
+        client_state = {"step": self.step, "skipped_total": self.skipped_total,
+                        "consecutive_skips": self.consecutive_skips, "world_size": self.world_size,
+                        "data_position": {"epoch": self.loader.epoch, "position": self.loader.position},
+                        "training_config": asdict(self.config), "run_info": self.run_info}
+        self.engine.save_checkpoint(str(tmp_dir), tag=DEEPSPEED_TAG, client_state=client_state)
+        rank_file = _rank_file(tmp_dir, self.rank)
+        torch.save({"rng": capture_rng_state(), "loader": self.loader.state_dict(), "step": self.step}, rank_file)
+        _fsync_path(rank_file)
+        if self.config.kill_during_save_at_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        dist.barrier()
+        if self.rank == 0:
+            commit_checkpoint(tmp_dir, final_dir, {"step": self.step, "world_size": self.world_size,
+                                                   "time": time.time()})
+            prune_checkpoints(self.run_dir, self.config.keep_last)
+        dist.barrier()
+
+    def _load(self, directory: Path) -> None:
+        _, client_state = self.engine.load_checkpoint(str(directory), tag=DEEPSPEED_TAG)
+        if client_state is None:
+            raise ValueError(f"{directory} has no readable DeepSpeed state; resume from an older checkpoint")
+        if client_state["world_size"] != self.world_size:
+            raise ValueError(f"{directory} was written by {client_state['world_size']} ranks, this run has "
+                             f"{self.world_size}; resume with the same number of ranks (the data order depends on it)")
+        rank_state = torch.load(_rank_file(directory, self.rank), weights_only=False)
+        self.loader.load_state_dict(rank_state["loader"])
+        restore_rng_state(rank_state["rng"])
+        self.step = client_state["step"]
+        self.skipped_total = client_state["skipped_total"]
+        self.consecutive_skips = client_state["consecutive_skips"]
+        logger.info("resumed from %s at step %d", directory, self.step)
+
+    # -- export
+    def _export(self) -> Path | None:
+        """Consolidate the fp32 master weights (all ranks) and let rank 0 write them via export_fn."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        model = self.module.model
+        params = {}
+        for name, parameter in model.named_parameters():
+            full = safe_get_full_fp32_param(parameter)  # collective: every rank takes part
+            params[name] = (full if full is not None else parameter).detach().float().cpu()
+        export_dir = self.run_dir / "export"
+        if self.rank == 0:
+            buffers = {name: b.detach().cpu() for name, b in model.named_buffers()}
+            torch.manual_seed(self.config.seed)
+            fresh = self.build_model()
+            fresh.load_state_dict({**params, **buffers})
+            fresh.eval()
+            tmp_dir = export_dir.with_name("export.tmp")
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            self.export_fn(fresh, tmp_dir)
+            shutil.rmtree(export_dir, ignore_errors=True)
+            os.replace(tmp_dir, export_dir)
+            logger.info("exported %s", export_dir)
+        dist.barrier()
+        return export_dir
+
+
+def _to_device(batch: Any, device: torch.device, float_dtype: torch.dtype) -> Any:
+    if torch.is_tensor(batch):
+        batch = batch.to(device, non_blocking=True)
+        return batch.to(float_dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {key: _to_device(value, device, float_dtype) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(value, device, float_dtype) for value in batch)
+    return batch
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# the two recipes the train/ scripts run
+
+
+def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str | Path, preset: str = "small",
+                          size: int = 64, num_frames: int = 17, fps: float | None = None,
+                          quantizer: str | None = None, cache_bytes: int = 1 << 30) -> TrainingResult:
+    """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors."""
+    from tokvid.datasets import ClipDataset, clip_frame_count
+    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+
+    overrides = {} if quantizer is None else {"quantizer": quantizer}
+    # VQ codebooks are EMA buffers: without sync every rank would learn its own codebook.
+    model_config = video_tokenizer_preset(preset, **overrides, vq_sync_codebook=True)
+    dataset = ClipDataset(manifest, num_frames=num_frames, size=size,
+                          temporal_compression=model_config.temporal_compression, fps=fps, cache_bytes=cache_bytes)
+
+    def export(model: nn.Module, directory: Path) -> None:
+        from dataclasses import replace
+
+        standalone = VideoTokenizer(replace(model.config, vq_sync_codebook=False))
+        standalone.load_state_dict(model.state_dict())
+        standalone.save_pretrained(directory)
+
+    return run_training(config, ds_config, lambda: VideoTokenizer(model_config), dataset,
+                        lambda model, batch, generator: model.training_loss(batch), clip_frame_count, export,
+                        run_info={"model_config": asdict(model_config), "manifest": str(manifest)})
+
+
+def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: str | Path, preset: str = "small",
+                          num_frames: int = 17, text_tokenizer: str | Path | None = None,
+                          video_tokenizer: str | Path | None = None, text_vocab_size: int = 256,
+                          text_length: int = 16, window_chunks: int = 4) -> TrainingResult:
+    """Train a Generator on token shards; exports a pipeline directory (generator, both tokenizers).
+
+    Without `text_tokenizer`, one is trained on the shards' prompts into RUN/text_tokenizer.
+    `video_tokenizer` (default: the name recorded in the shards) goes into the exported pipeline.
+    """
+    from tokvid.datasets import TokenChunkDataset, chunk_token_count
+    from tokvid.generator import Generator, generator_config_preset
+    from tokvid.pipeline import save_pipeline
+    from tokvid.shards import TokenShards
+    from tokvid.story import num_chunks_for_frames
+    from tokvid.text_tokenizer import TextTokenizer, manifest_captions, train_text_tokenizer
+    from tokvid.video_tokenizer import VideoTokenizer
+
+    rank, _ = setup_distributed()
+    shards = TokenShards(shards_dir)
+    tokenizer_name = video_tokenizer or shards.info["tokenizer"]["name"]
+    try:
+        video_model = VideoTokenizer.from_pretrained(tokenizer_name)
+    except ValueError as error:
+        raise ValueError(f"{error}; pass --video-tokenizer with the tokenizer that made {shards_dir}") from None
+    shards.check_tokenizer(video_model)
+    text_dir = Path(text_tokenizer) if text_tokenizer else Path(config.out_dir) / "text_tokenizer"
+    if not text_tokenizer and rank == 0 and not (text_dir / "config.json").is_file():
+        train_text_tokenizer(manifest_captions(shards.meta), text_dir, vocab_size=text_vocab_size,
+                             max_length=text_length, seed=config.seed)
+    dist.barrier()
+    text_model = TextTokenizer.from_pretrained(text_dir)
+    max_chunks = num_chunks_for_frames(num_frames, video_model.temporal_compression)
+    height, width = shards.info["grid"]
+    model_config = generator_config_preset(
+        preset, codebook_size=video_model.vocab_size, text_vocab_size=text_model.vocab_size,
+        text_length=text_model.max_length, chunk_height=height, chunk_width=width,
+        window_chunks=min(window_chunks, max_chunks), text_pad_id=text_model.pad_id,
+        text_bos_id=text_model.bos_id, text_eos_id=text_model.eos_id)
+    dataset = TokenChunkDataset(shards, text_model, max_chunks)
+
+    def loss(model: nn.Module, batch: dict, generator: torch.Generator):
+        return model.training_loss(batch["codes"], batch["text"], batch["chunk_valid"], generator=generator)
+
+    def export(model: nn.Module, directory: Path) -> None:
+        save_pipeline(directory, model, text_model, video_model, fps=shards.info.get("fps") or 8.0)
+
+    return run_training(config, ds_config, lambda: Generator(model_config), dataset, loss, chunk_token_count,
+                        export, run_info={"model_config": asdict(model_config), "shards": str(shards_dir),
+                                          "text_tokenizer": str(text_dir), "video_tokenizer": str(tokenizer_name)})

@@ -1,0 +1,489 @@
+"""Causal video tokenizer: a factorised (2+1)D convolutional VQ-VAE.
+
+Video (B,3,T,H,W) in [-1,1] -> discrete codes (B,t,h,w) -> video. Causal in time: latent frame 0
+sees video frame 0 alone and latent frame j >= 1 sees frames up to j*tc, so an image is a 1-frame
+video and encoding the first 1+k*tc frames gives exactly the first 1+k latent frames.
+
+Layout, chosen for CPU speed (most of the compute runs after time is compressed 4x):
+  per frame : space-to-depth stem -> 2D residual blocks -> space-to-depth downsampling
+  time      : one causal temporal conv at frame rate, then groups of tc frames folded into channels
+              (frame 0 is replicate-padded into its own group, MAGVIT-v2 style)
+  latent    : (2+1)D residual blocks (3x3 spatial conv, causal temporal conv)
+  quantizer : FSQ (default), LFQ or VectorQuantize from vector-quantize-pytorch, always in fp32
+The decoder mirrors the encoder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+BUNDLED_DIR = Path(__file__).parent / "weights"
+BUNDLED_TOKENIZERS = {"general": "general", "shapes": "shapes/video_tokenizer"}
+QUANTIZERS = ("fsq", "lfq", "vq")
+CONFIG_FORMAT = "tokvid-video-tokenizer-v1"
+
+
+@dataclass
+class VideoTokenizerConfig:
+    temporal_compression: int = 4  # video frames per latent frame (after the first, which is coded alone)
+    spatial_compression: int = 8  # pixels per token side; a power of two, a multiple of stem_patch
+    stem_patch: int = 4  # space-to-depth factor of the first layer (cheap: no conv at full resolution)
+    frame_channels: tuple[int, ...] = (64, 128)  # width per per-frame resolution level (1 + log2(sc/stem_patch) levels)
+    frame_blocks: int = 1  # 2D residual blocks per per-frame level
+    latent_channels: int = 192  # width after temporal compression, where most compute is spent
+    latent_blocks: int = 3  # (2+1)D residual blocks at the latent grid
+    temporal_kernel: int = 3  # taps of every causal temporal convolution
+    quantizer: str = "fsq"  # "fsq" (no codebook loss, no collapse), "lfq" or "vq" (EMA codebook)
+    fsq_levels: tuple[int, ...] = (8, 8, 6, 5, 5)  # FSQ levels per latent channel; vocabulary = their product
+    codebook_size: int = 4096  # LFQ (power of two) / VQ vocabulary
+    vq_codebook_dim: int = 16  # VQ: latent channels that are quantized
+    vq_dead_code_threshold: float = 2.0  # VQ: replace codes whose EMA usage falls below this
+    vq_sync_codebook: bool = False  # VQ: all-reduce codebook statistics across ranks (set by trainers)
+    lfq_entropy_weight: float = 0.1  # LFQ: entropy aux loss weight
+    l1_weight: float = 1.0  # reconstruction loss weights; no downloaded perceptual nets are used
+    l2_weight: float = 1.0
+    gradient_weight: float = 0.5  # L1 on spatial and temporal pixel differences: keeps edges and motion sharp
+    aux_weight: float = 1.0  # weight of the quantizer's own loss (LFQ entropy, VQ commitment)
+
+    def __post_init__(self):
+        self.frame_channels = tuple(int(c) for c in self.frame_channels)
+        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        tc, sc, p = self.temporal_compression, self.spatial_compression, self.stem_patch
+        if tc < 1:
+            raise ValueError(f"temporal_compression must be >= 1, got {tc}")
+        if p < 1 or sc < p or sc % p or (sc // p) & (sc // p - 1):
+            raise ValueError(f"spatial_compression ({sc}) must be stem_patch ({p}) times a power of two")
+        levels = 1 + int(math.log2(sc // p))
+        if len(self.frame_channels) != levels:
+            raise ValueError(f"frame_channels needs {levels} widths for spatial_compression={sc} and "
+                             f"stem_patch={p}, got {self.frame_channels}")
+        if min(self.frame_channels + (self.latent_channels,)) < 1 or self.latent_blocks < 0 or self.frame_blocks < 0:
+            raise ValueError("channel widths must be positive and block counts non-negative")
+        if self.temporal_kernel < 1:
+            raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "fsq" and (len(self.fsq_levels) < 1 or min(self.fsq_levels) < 3):
+            raise ValueError(f"fsq_levels must be integers >= 3, got {self.fsq_levels}")
+        if self.quantizer == "lfq" and (self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1)):
+            raise ValueError(f"LFQ needs a power-of-two codebook_size, got {self.codebook_size}")
+        if self.quantizer == "vq" and (self.codebook_size < 2 or self.vq_codebook_dim < 1):
+            raise ValueError("VQ needs codebook_size >= 2 and vq_codebook_dim >= 1")
+
+    @property
+    def vocab_size(self) -> int:
+        return math.prod(self.fsq_levels) if self.quantizer == "fsq" else self.codebook_size
+
+    @property
+    def code_dim(self) -> int:
+        """Channels entering the quantizer."""
+        if self.quantizer == "fsq":
+            return len(self.fsq_levels)
+        if self.quantizer == "lfq":
+            return int(math.log2(self.codebook_size))
+        return self.vq_codebook_dim
+
+    @property
+    def context_latents(self) -> int:
+        """Latent frames of history that fully determine one latent frame (encoder or decoder), plus one
+        for the window's own first latent frame, which is coded as an image. Used by chunked coding."""
+        frame_level = math.ceil((self.temporal_kernel - 1) / self.temporal_compression)
+        return self.latent_blocks * (self.temporal_kernel - 1) + frame_level + 2
+
+
+def video_tokenizer_preset(name: str, **overrides) -> VideoTokenizerConfig:
+    """Named sizes: 'tiny' for tests, 'small' and 'base' for real training."""
+    presets = {
+        "tiny": dict(frame_channels=(8, 16), latent_channels=16, latent_blocks=1, fsq_levels=(5, 5, 5)),
+        "small": dict(frame_channels=(48, 96), latent_channels=160, latent_blocks=2),
+        "base": dict(),
+    }
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+    return VideoTokenizerConfig(**{**presets[name], **overrides})
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+
+
+class ChannelNorm(nn.Module):
+    """RMS norm over channels at each (t, y, x): unlike GroupNorm it never mixes frames, so it stays causal."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-6)
+        return x * scale * self.weight.view(1, -1, *([1] * (x.ndim - 2)))
+
+
+class CausalTemporalConv(nn.Module):
+    """Convolution over time only; the first frame is replicated into the past, so frame t sees frames <= t."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv3d(in_channels, out_channels, (kernel, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, T, H, W)
+        if self.kernel > 1:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.kernel - 1, -1, -1), x], dim=2)
+        return self.conv(x)
+
+
+class FrameResBlock(nn.Module):
+    """2D residual block applied to every frame independently."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1, self.conv1 = ChannelNorm(channels), nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2, self.conv2 = ChannelNorm(channels), nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W)
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class LatentResBlock(nn.Module):
+    """(2+1)D residual block: a 3x3 spatial conv, then a causal conv over time."""
+
+    def __init__(self, channels: int, temporal_kernel: int):
+        super().__init__()
+        self.norm1, self.spatial = ChannelNorm(channels), nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
+        self.norm2, self.temporal = ChannelNorm(channels), CausalTemporalConv(channels, channels, temporal_kernel)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, t, h, w)
+        h = self.spatial(F.silu(self.norm1(x)))
+        return x + self.temporal(F.silu(self.norm2(h)))
+
+
+def per_frame(module: nn.Module, x: Tensor) -> Tensor:
+    """Run a 2D module on every frame of (B, C, T, H, W)."""
+    b = x.shape[0]
+    y = module(rearrange(x, "b c t h w -> (b t) c h w"))
+    return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+
+
+class FrameEncoder(nn.Module):
+    """Per-frame spatial downsampling: (N, 3, H, W) -> (N, C_last, H/sc, W/sc)."""
+
+    def __init__(self, cfg: VideoTokenizerConfig):
+        super().__init__()
+        widths = cfg.frame_channels
+        self.stem = nn.Sequential(nn.PixelUnshuffle(cfg.stem_patch), nn.Conv2d(3 * cfg.stem_patch ** 2, widths[0], 3, padding=1))
+        layers: list[nn.Module] = [FrameResBlock(widths[0]) for _ in range(cfg.frame_blocks)]
+        for narrow, wide in zip(widths[:-1], widths[1:]):
+            layers += [nn.PixelUnshuffle(2), nn.Conv2d(4 * narrow, wide, 1)]
+            layers += [FrameResBlock(wide) for _ in range(cfg.frame_blocks)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(self.stem(x))
+
+
+class FrameDecoder(nn.Module):
+    """Mirror of FrameEncoder: (N, C_last, h, w) -> (N, 3, H, W)."""
+
+    def __init__(self, cfg: VideoTokenizerConfig):
+        super().__init__()
+        widths = cfg.frame_channels
+        layers: list[nn.Module] = []
+        for wide, narrow in zip(widths[::-1][:-1], widths[::-1][1:]):
+            layers += [FrameResBlock(wide) for _ in range(cfg.frame_blocks)]
+            layers += [nn.Conv2d(wide, 4 * narrow, 1), nn.PixelShuffle(2)]
+        layers += [FrameResBlock(widths[0]) for _ in range(cfg.frame_blocks)]
+        self.body = nn.Sequential(*layers)
+        self.norm = ChannelNorm(widths[0])
+        self.head = nn.Sequential(nn.Conv2d(widths[0], 3 * cfg.stem_patch ** 2, 3, padding=1), nn.PixelShuffle(cfg.stem_patch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.silu(self.norm(self.body(x))))
+
+
+# ----------------------------------------------------------------------------------------------
+# quantizers: one small adapter so the model code is the same for FSQ, LFQ and VQ
+
+
+class Quantizer(nn.Module):
+    """Wraps a vector-quantize-pytorch quantizer. Input/output (B, t, h, w, d); indices (B, t, h, w)."""
+
+    def __init__(self, cfg: VideoTokenizerConfig):
+        super().__init__()
+        import vector_quantize_pytorch as vqp  # imported here: only quantizer construction needs it
+
+        self.kind = cfg.quantizer
+        if self.kind == "fsq":
+            self.impl = vqp.FSQ(levels=list(cfg.fsq_levels))
+        elif self.kind == "lfq":
+            self.impl = vqp.LFQ(dim=cfg.code_dim, codebook_size=cfg.codebook_size,
+                                entropy_loss_weight=cfg.lfq_entropy_weight, commitment_loss_weight=0.25)
+        else:
+            self.impl = vqp.VectorQuantize(dim=cfg.code_dim, codebook_size=cfg.codebook_size, kmeans_init=True,
+                                           kmeans_iters=10, threshold_ema_dead_code=cfg.vq_dead_code_threshold,
+                                           sync_codebook=cfg.vq_sync_codebook, sync_kmeans=cfg.vq_sync_codebook,
+                                           use_cosine_sim=True, decay=0.9)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        shape = z.shape
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.float().reshape(shape[0], -1, shape[-1])
+            if self.kind == "fsq":
+                quantized, indices = self.impl(flat)
+                aux = flat.new_zeros(())
+            else:
+                quantized, indices, aux = self.impl(flat)
+        return quantized.reshape(shape), indices.reshape(shape[:-1]).long(), aux
+
+    def codes_to_latents(self, indices: Tensor) -> Tensor:
+        shape = indices.shape
+        flat = indices.reshape(shape[0], -1)
+        if self.kind == "vq":
+            latents = self.impl.get_output_from_indices(flat)
+        else:
+            latents = self.impl.indices_to_codes(flat)
+        return latents.float().reshape(*shape, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the tokenizer
+
+
+class VideoTokenizer(nn.Module):
+    """Causal video VQ-VAE. `encode` -> LongTensor (B,t,h,w); `decode` -> float (B,3,T,H,W) in [-1,1]."""
+
+    def __init__(self, config: VideoTokenizerConfig | None = None):
+        super().__init__()
+        cfg = config or VideoTokenizerConfig()
+        self.config = cfg
+        tc, kernel, wide, lat = cfg.temporal_compression, cfg.temporal_kernel, cfg.frame_channels[-1], cfg.latent_channels
+        self.frame_encoder = FrameEncoder(cfg)
+        self.encoder_frame_time = CausalTemporalConv(wide, wide, kernel)
+        self.group_frames = nn.Conv3d(wide * tc, lat, 1)
+        self.encoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel) for _ in range(cfg.latent_blocks)])
+        self.encoder_out = nn.Sequential(ChannelNorm(lat), nn.SiLU(), nn.Conv3d(lat, cfg.code_dim, 1))
+        self.quantizer = Quantizer(cfg)
+        self.decoder_in = nn.Conv3d(cfg.code_dim, lat, 1)
+        self.decoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel) for _ in range(cfg.latent_blocks)])
+        self.ungroup_frames = nn.Sequential(ChannelNorm(lat), nn.SiLU(), nn.Conv3d(lat, wide * tc, 1))
+        self.decoder_frame_time = CausalTemporalConv(wide, wide, kernel)
+        self.frame_decoder = FrameDecoder(cfg)
+
+    # -- contract properties
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.config.temporal_compression
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.config.spatial_compression
+
+    # -- continuous paths
+    def encode_latents(self, x: Tensor) -> Tensor:
+        """(B,3,T,H,W) -> continuous pre-quantization latents (B,t,h,w,d)."""
+        tc = self.temporal_compression
+        h = per_frame(self.frame_encoder, x)
+        h = h + self.encoder_frame_time(h)
+        # frame 0 is padded into a full group of its own, so it is coded alone
+        h = torch.cat([h[:, :, :1].expand(-1, -1, tc - 1, -1, -1), h], dim=2)
+        h = self.group_frames(rearrange(h, "b c (t k) y x -> b (c k) t y x", k=tc))
+        h = self.encoder_out(self.encoder_blocks(h))
+        return rearrange(h, "b d t y x -> b t y x d")
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Quantized latents (B,t,h,w,d) -> video (B,3,T,H,W), unclamped."""
+        tc = self.temporal_compression
+        h = self.decoder_blocks(self.decoder_in(rearrange(z, "b t y x d -> b d t y x")))
+        h = rearrange(self.ungroup_frames(h), "b (c k) t y x -> b c (t k) y x", k=tc)[:, :, tc - 1:]
+        h = h + self.decoder_frame_time(h)
+        return per_frame(self.frame_decoder, h)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Reconstruction (unclamped), codes, quantizer aux loss."""
+        quantized, codes, aux = self.quantizer(self.encode_latents(x))
+        return self.decode_latents(quantized), codes, aux
+
+    # -- public token API
+    @torch.no_grad()
+    def encode(self, x: Tensor, chunk_latents: int | None = None) -> Tensor:
+        """Video (B,3,T,H,W) in [-1,1], T = 1 + k*tc -> codes LongTensor (B,t,h,w).
+
+        chunk_latents bounds memory on long videos: the clip is coded in overlapping temporal windows
+        whose outputs are exactly those of coding the whole clip at once."""
+        self.check_video(x)
+        t = 1 + (x.shape[2] - 1) // self.temporal_compression
+        pieces = [self._encode_window(x, start, stop) for start, stop in self._windows(t, chunk_latents)]
+        return torch.cat(pieces, dim=1)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor, chunk_latents: int | None = None) -> Tensor:
+        """Codes (B,t,h,w) -> video (B,3,T,H,W) in [-1,1], T = 1 + (t-1)*tc."""
+        self.check_codes(codes)
+        pieces = [self._decode_window(codes, start, stop) for start, stop in self._windows(codes.shape[1], chunk_latents)]
+        return torch.cat(pieces, dim=2).clamp(-1, 1)
+
+    def _windows(self, num_latents: int, chunk_latents: int | None) -> list[tuple[int, int]]:
+        if chunk_latents is None or chunk_latents >= num_latents:
+            return [(0, num_latents)]
+        if chunk_latents < 1:
+            raise ValueError(f"chunk_latents must be >= 1, got {chunk_latents}")
+        return [(s, min(s + chunk_latents, num_latents)) for s in range(0, num_latents, chunk_latents)]
+
+    def _encode_window(self, x: Tensor, start: int, stop: int) -> Tensor:
+        # The window begins `context` latents early at a frame that ends a group; its first latent is
+        # coded as an image and everything before `start` is discarded, so kept codes match the whole clip.
+        tc = self.temporal_compression
+        first = max(0, start - self.config.context_latents)
+        frames = x[:, :, first * tc: (stop - 1) * tc + 1]
+        _, codes, _ = self.quantizer(self.encode_latents(frames))
+        return codes[:, start - first:]
+
+    def _decode_window(self, codes: Tensor, start: int, stop: int) -> Tensor:
+        tc = self.temporal_compression
+        first = max(0, start - self.config.context_latents)
+        video = self.decode_latents(self.quantizer.codes_to_latents(codes[:, first:stop]))
+        keep_from = 0 if start == 0 else (start - first - 1) * tc + 1
+        return video[:, :, keep_from:]
+
+    # -- input checks
+    def check_video(self, x: Tensor) -> None:
+        tc, sc = self.temporal_compression, self.spatial_compression
+        if not torch.is_tensor(x) or x.ndim != 5 or x.shape[1] != 3:
+            raise ValueError(f"expected a float video tensor (B,3,T,H,W), got shape {tuple(getattr(x, 'shape', ()))}; "
+                             "use tokvid.frames_to_tensor(frames)[None] for uint8 (T,H,W,3) frames")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a float tensor in [-1,1], got dtype {x.dtype}")
+        t, h, w = x.shape[2:]
+        if (t - 1) % tc:
+            raise ValueError(f"video has {t} frames; the tokenizer needs 1 + k*{tc} frames (e.g. {1 + tc * max(1, (t - 1) // tc)})")
+        if h % sc or w % sc or h == 0 or w == 0:
+            raise ValueError(f"frame size {h}x{w} must be a positive multiple of {sc}; resize or crop first")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1.001 or hi > 1.001 or not math.isfinite(lo + hi):
+            raise ValueError(f"video values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]; map uint8 with x/127.5-1")
+
+    def check_codes(self, codes: Tensor) -> None:
+        if not torch.is_tensor(codes) or codes.ndim != 4 or codes.is_floating_point():
+            raise ValueError(f"expected integer codes (B,t,h,w), got {getattr(codes, 'dtype', type(codes))} "
+                             f"shape {tuple(getattr(codes, 'shape', ()))}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
+            raise ValueError(f"codes must lie in [0, {self.vocab_size}); were they made by another tokenizer?")
+
+    # -- training
+    def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Reconstruction loss of a batch (B,3,T,H,W) in [-1,1], and scalar logs."""
+        cfg = self.config
+        recon, codes, aux = self(x)
+        recon = recon.float()
+        l1 = (recon - x).abs().mean()
+        l2 = (recon - x).pow(2).mean()
+        loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.aux_weight * aux
+        if cfg.gradient_weight:
+            loss = loss + cfg.gradient_weight * difference_loss(recon, x)
+        usage, perplexity = codebook_stats(codes, self.vocab_size)
+        l1, l2, aux_value = float(l1.detach()), float(l2.detach()), float(aux.detach())
+        logs = {"recon_l1": l1, "recon_mse": l2, "aux": aux_value, "psnr": psnr_from_mse(l2),
+                "codebook_usage": usage, "perplexity": perplexity}
+        return loss, logs
+
+    # -- persistence
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"format": CONFIG_FORMAT, **asdict(self.config)}
+        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu") -> "VideoTokenizer":
+        """Load a bundled tokenizer by name ('general', 'shapes') or a directory written by save_pretrained."""
+        directory = resolve_pretrained_dir(name_or_dir)
+        config = load_config(directory)
+        model = cls(config)
+        state = load_file(str(directory / "model.safetensors"), device="cpu")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            first_problem = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+            raise ValueError(f"weights in {directory} do not match its config.json or this version of tokvid "
+                             f"({first_problem}); re-export them with the tokvid version that trained them") from None
+        return model.to(device).eval()
+
+    def fingerprint(self) -> str:
+        """Hash of config and weights: token shards record it so they are never decoded by another tokenizer."""
+        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        for key, value in sorted(self.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def resolve_pretrained_dir(name_or_dir: str | Path) -> Path:
+    name = str(name_or_dir)
+    if name in BUNDLED_TOKENIZERS:
+        directory = BUNDLED_DIR / BUNDLED_TOKENIZERS[name]
+        if not (directory / "model.safetensors").exists():
+            raise ValueError(f"bundled tokenizer {name!r} is not in this installation ({directory} is missing); "
+                             "reinstall tokvid or train one with train/train_tokenizer.py")
+        return directory
+    directory = Path(name_or_dir)
+    if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
+        raise ValueError(f"unknown tokenizer {name!r}: give a bundled name ({', '.join(BUNDLED_TOKENIZERS)}) "
+                         "or a directory with config.json and model.safetensors")
+    return directory
+
+
+def load_config(directory: Path) -> VideoTokenizerConfig:
+    try:
+        raw = json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{directory / 'config.json'} is not valid JSON: {error}") from None
+    if raw.pop("format", None) != CONFIG_FORMAT:
+        raise ValueError(f"{directory / 'config.json'} is not a tokvid video tokenizer config ({CONFIG_FORMAT})")
+    known = {f.name for f in fields(VideoTokenizerConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{directory / 'config.json'} has settings this tokvid version does not know: {unknown}; "
+                         "upgrade tokvid or re-export the tokenizer")
+    return VideoTokenizerConfig(**raw)
+
+
+# ----------------------------------------------------------------------------------------------
+# losses and metrics
+
+
+def difference_loss(recon: Tensor, target: Tensor) -> Tensor:
+    """L1 between pixel differences along x, y and time: penalises blur and flicker."""
+    loss = recon.new_zeros(())
+    for dim in (3, 4, 2):
+        if target.shape[dim] > 1:
+            loss = loss + (recon.diff(dim=dim) - target.diff(dim=dim)).abs().mean()
+    return loss
+
+
+def psnr_from_mse(mse_on_minus1_1: float) -> float:
+    """PSNR in dB on [0,1] pixels from an MSE measured on [-1,1] values."""
+    return 10 * math.log10(4.0 / max(mse_on_minus1_1, 1e-12))
+
+
+def codebook_stats(codes: Tensor, vocab_size: int) -> tuple[float, float]:
+    """Fraction of the vocabulary used by these codes, and the perplexity of their distribution."""
+    counts = torch.bincount(codes.flatten().cpu(), minlength=vocab_size).double()
+    probs = counts / counts.sum().clamp(min=1)
+    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+    return float((counts > 0).double().mean()), float(entropy.exp())

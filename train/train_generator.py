@@ -1,0 +1,42 @@
+"""Train the block-causal MaskGIT generator on token shards with DeepSpeed.
+
+    deepspeed --num_gpus 2 train/train_generator.py --deepspeed_config ds_config.json \
+        --data SHARDS --out RUN --max-steps N --seed S [--resume auto] [--preset tiny]
+
+Also runs as a plain process (`python train/train_generator.py ...`); on CPU set DS_ACCELERATOR=cpu.
+Without --text-tokenizer a SentencePiece model is trained on the shards' prompts into RUN/text_tokenizer.
+Writes RUN/metrics.jsonl, RUN/tb, RUN/checkpoints and, at the end, a pipeline directory RUN/export.
+"""
+import argparse
+import sys
+
+import deepspeed
+
+from tokvid.training import add_training_arguments, run_script, train_token_generator
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="token shard directory (tokvid-encode output)")
+    parser.add_argument("--text-tokenizer", default=None, help="text tokenizer directory to use instead of training one")
+    parser.add_argument("--video-tokenizer", default=None,
+                        help="tokenizer that made the shards, for the exported pipeline (default: as recorded)")
+    parser.add_argument("--text-vocab-size", type=int, default=256, help="vocabulary of a newly trained text tokenizer")
+    parser.add_argument("--text-length", type=int, default=16, help="prompt ids per chunk of a new text tokenizer")
+    parser.add_argument("--window-chunks", type=int, default=4, help="chunks each chunk attends to (itself included)")
+    add_training_arguments(parser)
+    deepspeed.add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_script(args, lambda config, ds_config: train_token_generator(
+        config, ds_config, args.data, preset=args.preset, num_frames=args.num_frames,
+        text_tokenizer=args.text_tokenizer, video_tokenizer=args.video_tokenizer,
+        text_vocab_size=args.text_vocab_size, text_length=args.text_length, window_chunks=args.window_chunks),
+        throughput_unit="tokens")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

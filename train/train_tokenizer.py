@@ -1,0 +1,37 @@
+"""Train a causal video tokenizer with DeepSpeed.
+
+    deepspeed --num_gpus 2 train/train_tokenizer.py --deepspeed_config ds_config.json \
+        --manifest M.jsonl --out RUN --max-steps N --seed S [--resume auto] [--preset tiny]
+
+Also runs as a plain process (`python train/train_tokenizer.py ...`); on CPU set DS_ACCELERATOR=cpu.
+Writes RUN/metrics.jsonl, RUN/tb, RUN/checkpoints and, at the end, RUN/export (config.json + model.safetensors).
+"""
+import argparse
+import sys
+
+import deepspeed
+
+from tokvid.training import add_training_arguments, run_script, train_video_tokenizer
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", required=True, help="JSONL/CSV manifest of videos and images")
+    parser.add_argument("--size", type=int, default=64, help="square frame size of training clips")
+    parser.add_argument("--fps", type=float, default=None, help="resample videos to this frame rate")
+    parser.add_argument("--quantizer", choices=("fsq", "lfq", "vq"), default=None, help="override the preset's")
+    parser.add_argument("--cache-gb", type=float, default=1.0, help="decoded-clip cache per rank")
+    add_training_arguments(parser)
+    deepspeed.add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_script(args, lambda config, ds_config: train_video_tokenizer(
+        config, ds_config, args.manifest, preset=args.preset, size=args.size, num_frames=args.num_frames,
+        fps=args.fps, quantizer=args.quantizer, cache_bytes=int(args.cache_gb * 2**30)), throughput_unit="frames")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
