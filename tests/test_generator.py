@@ -10,15 +10,6 @@ from tokvid.generator import Generator, GeneratorConfig, generator_config_preset
 CODEBOOK, TEXT_VOCAB, TEXT_LENGTH, HEIGHT, WIDTH = 16, 12, 5, 3, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run 10-25x slower with 2 threads on the shared 2-core machine (thread contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> GeneratorConfig:
     settings = dict(codebook_size=CODEBOOK, text_vocab_size=TEXT_VOCAB, text_length=TEXT_LENGTH,
                     chunk_height=HEIGHT, chunk_width=WIDTH, dim=32, depth=2, heads=2, window_chunks=8)

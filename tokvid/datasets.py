@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from tokvid.manifest import item_segments, read_manifest
 from tokvid.story import chunk_segments
 from tokvid.video_io import frames_to_tensor, read_video
 
@@ -143,7 +144,6 @@ class ClipDataset:
     def __init__(self, items: list[dict] | str | Path, num_frames: int, size: int | tuple[int, int],
                  temporal_compression: int, fps: float | None = None, cache_bytes: int = 1 << 30):
         if isinstance(items, (str, Path)):
-            from tokvid.manifest import read_manifest
             items = read_manifest(items)
         if not items:
             raise ValueError("the manifest has no items; add video or image files to it")
@@ -220,8 +220,8 @@ class TokenChunkDataset:
 
     def load(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         codes, meta = self.shards[index]
-        prompts, frames = zip(*item_prompts(meta))
-        owners = chunk_segments(list(frames), self.temporal_compression)
+        prompts, frames = zip(*item_segments(meta))
+        owners = chunk_segments([max(f, 1) for f in frames], self.temporal_compression)  # an image has 0 frames
         num_chunks = codes.shape[0]
         owners = (owners + owners[-1:] * num_chunks)[:num_chunks]  # encoders may keep fewer frames than the story
         start = int(rng.integers(0, num_chunks - self.max_chunks + 1)) if num_chunks > self.max_chunks else 0
@@ -235,15 +235,6 @@ class TokenChunkDataset:
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
-
-
-def item_prompts(meta: dict) -> list[tuple[str, int]]:
-    """(prompt, frames after the leading frame) of every segment of a shard item."""
-    if isinstance(meta.get("story"), list):
-        return [(segment["prompt"], int(segment["frames"])) for segment in meta["story"]]
-    if isinstance(meta.get("caption"), str):
-        return [(meta["caption"], max(int(meta.get("num_frames", 1)) - 1, 1))]
-    raise ValueError("shard item has neither a caption nor a story; re-encode it from a captioned manifest")
 
 
 def chunk_token_count(batch: dict[str, torch.Tensor]) -> int:

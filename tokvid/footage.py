@@ -87,14 +87,16 @@ class FootageSources:
     photos: dict[str, Image.Image]  # name -> RGB image
 
     @classmethod
-    def load(cls) -> "FootageSources":
+    def load(cls, max_frames: int | None = None) -> "FootageSources":
+        """Decode the training videos (their first max_frames frames only, if given: quick tests)."""
         videos = {}
         for name in TRAINING_VIDEOS:
             path = footage_folder() / name
             frames = read_video(path, num_frames=1)
             height, width = frames.shape[1:3]
             scale = min(1.0, VIDEO_WORKING_SIDE / max(height, width))
-            videos[Path(name).stem] = read_video(path, size=(round(height * scale), round(width * scale)))
+            working_size = (round(height * scale), round(width * scale))
+            videos[Path(name).stem] = read_video(path, num_frames=max_frames, size=working_size)
         photos = {}
         for name in TRAINING_PHOTOS:
             with Image.open(photo_folder() / name) as image:

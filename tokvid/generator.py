@@ -334,7 +334,7 @@ class Generator(nn.Module):
         if chunk_valid is None:
             chunk_valid = torch.ones(batch, chunks, dtype=torch.bool, device=device)
         chunk_valid = self._check_chunk_valid(chunk_valid, (batch, chunks)).to(device)
-        tokens = codes.flatten(2)
+        tokens = codes.flatten(2).long()
         num_tokens = tokens.shape[2]
 
         mask_ratio = torch.cos(math.pi / 2 * _uniform((batch, chunks), generator, device))
@@ -386,10 +386,10 @@ class Generator(nn.Module):
         text, num_chunks = self._check_generate_text(text, num_chunks, "text")
         batch = text.shape[0]
         device = self.head.weight.device
-        text = text.to(device)
+        text = text.to(device).long()
         if negative_text is not None:
             negative_text, _ = self._check_generate_text(negative_text, num_chunks, "negative_text", batch)
-            negative_text = negative_text.to(device)
+            negative_text = negative_text.to(device).long()
         _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, config.codebook_size)
         window_chunks = self._check_window(window_chunks)
         num_prime = 0
@@ -399,7 +399,7 @@ class Generator(nn.Module):
             if prime_codes.shape[0] != batch or num_prime > num_chunks:
                 raise ValueError(f"prime_codes {tuple(prime_codes.shape)} must have batch {batch} and at most "
                                  f"num_chunks={num_chunks} chunks")
-            prime_codes = prime_codes.to(device)
+            prime_codes = prime_codes.to(device).long()
 
         # Streams run batched: conditional first, then unconditional. Scale 0 or 1 needs only one.
         uncond_text = negative_text if negative_text is not None else self.null_text(batch, num_chunks, device)

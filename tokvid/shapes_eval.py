@@ -37,7 +37,7 @@ class Tolerances:
     max_progress: float = 1.5      # ... and at most this fraction (+ across_slack), i.e. not too fast
     across_slack: float = 3.0      # px of drift perpendicular to the motion tolerated
     still_slack: float = 3.0       # px a "stays still" object may drift
-    wall_slack: float = 2.0        # px from the frame edge that counts as "at the wall"
+    wall_slack: float = 1.0        # px from the frame edge that counts as "at the wall"
     frozen_travel: float = 1.0     # px: a moving segment whose object travels less is frozen
     frozen_pixel_change: float = 0.5  # mean abs pixel change under which frames count as identical
 
@@ -47,18 +47,22 @@ DEFAULT_TOLERANCES = Tolerances()
 
 def classify_pixels(frames: np.ndarray, tolerances: Tolerances = DEFAULT_TOLERANCES) -> np.ndarray:
     """Label each pixel of uint8 (..., H, W, 3): palette index, -1 background, -2 other colour."""
-    pixels = frames.astype(np.float32)
+    bright = frames.max(-1) >= tolerances.background_level
+    labels = np.full(frames.shape[:-1], -1, np.int64)
+    pixels = frames[bright].astype(np.float32)  # only the few non-black pixels need matching
     # coverage a of palette colour c that best explains pixel p as a * c (object blended with black)
-    coverage = np.clip((pixels @ _PALETTE.T) / (_PALETTE ** 2).sum(1), 0.0, 1.2)
-    residual = np.linalg.norm(pixels[..., None, :] - coverage[..., None] * _PALETTE, axis=-1)
-    best = residual.argmin(-1)
-    best_residual = np.take_along_axis(residual, best[..., None], -1)[..., 0]
-    best_coverage = np.take_along_axis(coverage, best[..., None], -1)[..., 0]
-    labels = np.where(pixels.max(-1) < tolerances.background_level, -1, -2)
-    is_object = (best_residual < tolerances.colour_distance) & (best_coverage >= tolerances.min_coverage)
-    dim_palette = (best_residual < tolerances.colour_distance) & ~is_object
-    labels = np.where(is_object, best, labels)
-    return np.where(dim_palette, -1, labels)  # faint edge halo of an object counts as background
+    dot = pixels @ _PALETTE.T
+    palette_norm2 = (_PALETTE ** 2).sum(1)
+    coverage = np.clip(dot / palette_norm2, 0.0, 1.2)
+    # |p - a c|^2 expanded, so no (pixels, colours, 3) temporary is needed
+    residual2 = (pixels ** 2).sum(-1, keepdims=True) - 2 * coverage * dot + coverage ** 2 * palette_norm2
+    best = residual2.argmin(-1)
+    rows = np.arange(len(best))
+    matched = np.sqrt(np.maximum(residual2[rows, best], 0.0)) < tolerances.colour_distance
+    is_object = matched & (coverage[rows, best] >= tolerances.min_coverage)
+    # a faint (less than half covered) edge pixel of an object counts as background
+    labels[bright] = np.where(is_object, best, np.where(matched, -1, -2))
+    return labels
 
 
 def locate_object(labels: np.ndarray, scale: float = 1.0,
@@ -88,12 +92,11 @@ def locate_object(labels: np.ndarray, scale: float = 1.0,
     stray = int((labels != -1).sum() - area)
     low = (MIN_SIDE - tolerances.side_slack) * scale
     high = (MAX_SIDE + tolerances.side_slack) * scale
-    clean = (low <= height <= high and low <= width <= high
-             and abs(height - width) <= tolerances.side_slack * scale
-             and fill >= 0.4
-             and stray <= max(tolerances.stray_pixels * scale ** 2, tolerances.stray_fraction * area))
+    sized = (low <= height <= high and low <= width <= high
+             and abs(height - width) <= tolerances.side_slack * scale and fill >= 0.4)
+    clean = sized and stray <= max(tolerances.stray_pixels * scale ** 2, tolerances.stray_fraction * area)
     return {
-        "colour": _PALETTE_NAMES[colour_index], "shape": shape, "clean": bool(clean),
+        "colour": _PALETTE_NAMES[colour_index], "shape": shape, "clean": bool(clean), "sized": bool(sized),
         "centre": (float(cols.mean()), float(rows.mean())),  # (x, y)
         "box": (int(left), int(top), int(right), int(bottom)), "fill": float(fill), "pixels": int(area),
     }
@@ -151,7 +154,8 @@ def score_video(frames: np.ndarray, segments: Sequence[tuple[str, int]],
         colour, shape, motion = parse_caption(text)
         end = start + length  # frames [start, end) belong to this segment
         before = start - 1 if start > 0 else start  # the frame the segment's motion starts from
-        seen = [o for o in objects[before:end] if o is not None]
+        # only object-sized blobs count: a smear or noise of the right colour is not "the object"
+        seen = [o for o in objects[before:end] if o is not None and o["sized"]]
         found_colour = _majority([o["colour"] for o in seen])
         found_shape = _majority([o["shape"] for o in seen if o["colour"] == found_colour and o["clean"]]
                                 or [o["shape"] for o in seen if o["colour"] == found_colour])
@@ -182,9 +186,12 @@ def score_video(frames: np.ndarray, segments: Sequence[tuple[str, int]],
 def _judge_motion(objects: list, frames: np.ndarray, motion: str, steps: int, frame_size: int,
                   scale: float, tolerances: Tolerances) -> tuple[bool, bool | None, float]:
     """(motion right, frozen or None when not applicable, distance travelled along the motion)."""
+    change = np.abs(frames.astype(np.int16) - frames[:1]).mean(axis=(1, 2, 3)).max()
+    unchanged = float(change) < tolerances.frozen_pixel_change  # no frame differs from the first
     first, last = objects[0], objects[-1]
-    if first is None or last is None or steps < 1:
-        return False, None, 0.0
+    if first is None or last is None or not (first["sized"] and last["sized"]) or steps < 1:
+        # no object-sized blob to follow (empty frames, smears, noise): the motion cannot be right
+        return False, (unchanged if motion != "still" else None), 0.0
     centres = np.array([o["centre"] if o else (np.nan, np.nan) for o in objects])
     displacement = centres[-1] - centres[0]
     if motion == "still":
@@ -202,8 +209,6 @@ def _judge_motion(objects: list, frames: np.ndarray, motion: str, steps: int, fr
     if _at_wall(first["box"], motion, frame_size, wall):
         return bool(motion_ok), None, along  # blocked from the start: standing still is right
     travel = float(np.nanmax(np.abs((centres - centres[0]) @ direction)))
-    change = np.abs(frames.astype(np.int16) - frames[:1]).mean(axis=(1, 2, 3)).max()
-    unchanged = float(change) < tolerances.frozen_pixel_change  # no frame differs from the first
     return bool(motion_ok), bool(travel < tolerances.frozen_travel * scale or unchanged), along
 
 
@@ -232,3 +237,107 @@ def summarize(scores: Sequence[dict]) -> dict:
         "frozen_video_rate": float(np.mean([score["frozen"] for score in scores])),
         "accuracy_by_segment_index": {i: float(np.mean(v)) for i, v in sorted(by_index.items())},
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# benchmark suites (bench/eval_shapes.py is the command line around these)
+
+
+def single_prompt_suite(frames: int = 16) -> list[list[tuple[str, int]]]:
+    """Every colour x shape x motion as a one-segment story (1 + frames video frames)."""
+    from tokvid.shapes import MOTIONS, SHAPES, caption
+
+    return [[(caption(c, s, m), frames)] for c in COLOURS for s in SHAPES for m in MOTIONS]
+
+
+def story_suite(count: int, seed: int, min_segments: int = 2, max_segments: int = 4,
+                segment_frames: Sequence[int] = (8, 16)) -> list[list[tuple[str, int]]]:
+    """Random multi-segment stories; objects cycle through every colour x shape so each is tested
+    equally, and every prompt switch changes the motion, so each switch shows in the video."""
+    from tokvid.shapes import SHAPES, random_story
+
+    rng = np.random.default_rng(seed)
+    stories = []
+    while len(stories) < count:
+        colour = list(COLOURS)[len(stories) % len(COLOURS)]
+        shape = SHAPES[len(stories) // len(COLOURS) % len(SHAPES)]
+        story = random_story(rng, int(rng.integers(min_segments, max_segments + 1)), segment_frames=segment_frames,
+                             colour=colour, shape=shape)
+        motions = [parse_caption(text)[2] for text, _ in story]
+        if all(a != b for a, b in zip(motions, motions[1:])):
+            stories.append(story)
+    return stories
+
+
+def long_story_suite(count: int, seed: int, total_frames: int, segment_frames: int = 16) -> list[list[tuple[str, int]]]:
+    """Stories of total_frames (+1 leading) frames cut into equal segments, each switching motion:
+    accuracy per segment index shows drift over time."""
+    if total_frames < segment_frames or total_frames % segment_frames:
+        raise ValueError(f"total_frames must be a multiple of segment_frames={segment_frames}, got {total_frames}")
+    return story_suite(count, seed, total_frames // segment_frames, total_frames // segment_frames, (segment_frames,))
+
+
+def run_suite(generate, stories: Sequence[Sequence[tuple[str, int]]], seed: int = 0,
+              progress=None) -> dict:
+    """Generate and score each story. generate(story, seed) -> uint8 (T, H, W, 3) frames; story i
+    uses seed + i. Returns summary, per-story scores, seconds per video and the videos."""
+    import time
+
+    scores, videos, seconds = [], [], []
+    for index, story in enumerate(stories):
+        started = time.perf_counter()
+        frames = generate(list(story), seed + index)
+        seconds.append(time.perf_counter() - started)
+        scores.append(score_video(frames, story))
+        videos.append(frames)
+        if progress is not None:
+            progress(index + 1, len(stories))
+    summary = summarize(scores)
+    summary["seconds_per_video"] = float(np.mean(seconds))
+    summary["frames_per_second"] = float(sum(len(v) for v in videos) / max(sum(seconds), 1e-9))
+    return {"summary": summary, "scores": scores, "seconds": seconds, "videos": videos}
+
+
+def suite_grid(videos: Sequence[np.ndarray], frames_per_row: int = 9) -> tuple[np.ndarray, int]:
+    """Frames for a contact sheet with one row per video (evenly spaced frames); returns
+    (frames, columns) to pass to save_contact_sheet(..., columns=columns, max_frames=len(frames))."""
+    rows = []
+    for video in videos:
+        picked = np.linspace(0, len(video) - 1, frames_per_row).round().astype(int)
+        rows.append(video[picked])
+    return np.concatenate(rows), frames_per_row
+
+
+def held_out_shapes_clips(count: int, seed: int = 12345, num_frames: int = 17) -> tuple[list[np.ndarray], list]:
+    """(clips, stories): ground-truth shapes-v1 clips of num_frames (1 + a multiple of 8) for
+    tokenizer quality; use a seed that no training set used."""
+    from tokvid.shapes import SEGMENT_UNIT, random_story, render_story
+
+    if num_frames < 1 + SEGMENT_UNIT or (num_frames - 1) % SEGMENT_UNIT:
+        raise ValueError(f"num_frames must be 1 + a multiple of {SEGMENT_UNIT}, got {num_frames}")
+    rng = np.random.default_rng(seed)
+    clips, stories = [], []
+    for _ in range(count):
+        story = random_story(rng, (num_frames - 1) // SEGMENT_UNIT, segment_frames=(SEGMENT_UNIT,))
+        clips.append(render_story(story, rng)[0])
+        stories.append(story)
+    return clips, stories
+
+
+def tokenizer_quality(tokenizer, clips: Sequence[np.ndarray], stories: Sequence) -> dict:
+    """PSNR of encode -> decode on uint8 clips, and the scorer's verdict on the reconstructions
+    (a tokenizer that moves, recolours or reshapes the object fails here even at high PSNR)."""
+    import torch
+
+    from tokvid.video_io import frames_to_tensor, tensor_to_frames
+
+    psnrs, scores = [], []
+    with torch.inference_mode():
+        for clip, story in zip(clips, stories):
+            x = frames_to_tensor(clip)[None]
+            reconstruction = tensor_to_frames(tokenizer.decode(tokenizer.encode(x))[0])
+            mse = np.mean((reconstruction.astype(np.float64) - clip.astype(np.float64)) ** 2)
+            psnrs.append(float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10))))
+            scores.append(score_video(reconstruction, story))
+    return {"clips": len(clips), "psnr_db": float(np.mean(psnrs)), "psnr_per_clip": psnrs,
+            "reconstruction_scores": summarize(scores)}

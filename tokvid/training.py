@@ -70,7 +70,7 @@ class TrainingConfig:
     weight_decay: float = 0.01  # AdamW weight decay, applied to matrices only
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
     zero_stage: int | None = None  # ZeRO stage 1/2/3; None keeps the DeepSpeed config's
-    bf16: bool | None = None  # bf16 mixed precision (GPU); None keeps the DeepSpeed config's
+    bf16: bool | None = None  # bf16 autocast (GPU; weights stay fp32); None keeps the DeepSpeed config's
     activation_checkpointing: bool = False  # recompute activations of ModuleList blocks in backward
     save_every: int = 1000  # checkpoint period in steps (the last step is always saved)
     keep_last: int = 2  # complete checkpoints kept on disk
@@ -167,7 +167,8 @@ def build_ds_config(base: dict, config: TrainingConfig) -> dict:
     if zero.get("stage", 0) not in (1, 2, 3):
         raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {zero.get('stage', 0)}")
     if config.bf16 is not None:
-        ds.setdefault("bf16", {})["enabled"] = config.bf16
+        # torch autocast keeps fp32 weights (and the models' fp32 quantizers) and runs matmuls in bf16
+        ds["torch_autocast"] = {"enabled": config.bf16, "dtype": "bfloat16"}
     if ds.get("bf16", {}).get("enabled"):
         ds["bf16"]["check_grad_overflow"] = True  # otherwise a NaN gradient is applied silently
     return ds
@@ -258,7 +259,7 @@ def add_training_arguments(parser) -> None:
     parser.add_argument("--zero-stage", type=int, choices=(1, 2, 3), default=None,
                         help="override the DeepSpeed config's ZeRO stage")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 mixed precision (GPU); default: the DeepSpeed config's")
+                        help="bf16 autocast with fp32 weights (GPU); default: the DeepSpeed config's")
     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine end value as a fraction of --lr")
     parser.add_argument("--warmup-steps", type=int, default=100)
@@ -431,6 +432,17 @@ def unsynced_buffers(module: nn.Module) -> list[str]:
     return names
 
 
+def buffer_digest(module: nn.Module) -> str:
+    """SHA-256 of all buffers of a module: equal on every rank when buffers are in sync."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, buffer in module.named_buffers():
+        digest.update(name.encode())
+        digest.update(buffer.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 # ----------------------------------------------------------------------------------------------
 # metrics
 
@@ -517,10 +529,10 @@ class _Trainer:
                                                                       "weight_decay": config.weight_decay}}
         else:  # torch's AdamW: supported by ZeRO, needs no compiled op (CPU CI)
             optimizer = lambda params: torch.optim.AdamW(params, lr=config.lr, betas=config.betas)  # noqa: E731
-        schedule = warmup_cosine(config.warmup_steps, config.max_steps, config.min_lr_ratio)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+        self.schedule = warmup_cosine(config.warmup_steps, config.max_steps, config.min_lr_ratio)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.module, model_parameters=groups, optimizer=optimizer, config=self.ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, self.schedule))
         if self.zero_stage == 3:  # the models' own parameters are read in training_loss, not in a forward
             for parameter in model.parameters(recurse=False):
                 deepspeed.zero.register_external_parameter(self.module, parameter)
@@ -529,6 +541,7 @@ class _Trainer:
         self.loader = ResumableLoader(dataset, config.micro_batch, config.seed, self.rank, self.world_size)
         self.step, self.skipped_total, self.consecutive_skips = 0, 0, 0
         self.stop_requested = False
+        self.bad_reports, self.bad_names = 0, {}  # bad items reported by all ranks, and their merged names
 
     # -- lifecycle
     def run(self) -> TrainingResult:
@@ -565,7 +578,7 @@ class _Trainer:
             bar.close()
             self.metrics.close()
             self._restore_signal_handlers(previous_handlers)
-        return TrainingResult(self.step, status, self.skipped_total, len(self.loader.bad_items),
+        return TrainingResult(self.step, status, self.skipped_total, len(self.bad_names),
                               str(export_dir) if export_dir else None, losses)
 
     def _install_signal_handlers(self) -> dict:
@@ -573,6 +586,9 @@ class _Trainer:
             return {}
 
         def request_stop(signum, frame):
+            if self.stop_requested:  # a second signal (or the launcher escalating): stop now, without saving
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
             self.stop_requested = True
             logger.warning("rank %d got signal %d: saving a checkpoint at the end of this step", self.rank, signum)
 
@@ -664,22 +680,21 @@ class _Trainer:
         return bool(packed[0] == 0), means[0], dict(zip(keys, means[1:]))
 
     def _agree_on_step_end(self) -> tuple[bool, int]:
-        """Signal flag and unusable-data count summed over ranks; stops when too much data is bad."""
+        """Signal flag and unusable-data count over all ranks; stops when too much data is bad."""
         packed = torch.tensor([float(self.stop_requested), float(len(self.loader.bad_items))],
                               dtype=torch.float64, device=self.device)
         dist.all_reduce(packed)
-        stop, bad = bool(packed[0] > 0), int(packed[1])
-        if bad > self.config.max_bad_data_fraction * len(self.dataset):
+        if int(packed[1]) != self.bad_reports:  # some rank met a new bad item: merge names (ranks may share items)
+            self.bad_reports = int(packed[1])
             per_rank = [None] * self.world_size
             dist.all_gather_object(per_rank, {self.dataset.describe(i): why for i, why in self.loader.bad_items.items()})
-            merged = {name: why for found in per_rank for name, why in found.items()}
-            if len(merged) > self.config.max_bad_data_fraction * len(self.dataset):
-                listing = "\n".join(f"  {name}: {why}" for name, why in sorted(merged.items()))
-                raise TrainingStopped(
-                    f"{len(merged)} of {len(self.dataset)} data items are unusable, more than "
-                    f"--max-bad-data-fraction {self.config.max_bad_data_fraction}; fix or remove them:\n{listing}")
-            bad = len(merged)
-        return stop, bad
+            self.bad_names = {name: why for found in per_rank for name, why in found.items()}
+        if len(self.bad_names) > self.config.max_bad_data_fraction * len(self.dataset):
+            listing = "\n".join(f"  {name}: {why}" for name, why in sorted(self.bad_names.items()))
+            raise TrainingStopped(
+                f"{len(self.bad_names)} of {len(self.dataset)} data items are unusable, more than "
+                f"--max-bad-data-fraction {self.config.max_bad_data_fraction}; fix or remove them:\n{listing}")
+        return bool(packed[0] > 0), len(self.bad_names)
 
     # -- checkpoints
     def _save(self) -> None:
@@ -700,7 +715,8 @@ class _Trainer:
                         "training_config": asdict(self.config), "run_info": self.run_info}
         self.engine.save_checkpoint(str(tmp_dir), tag=DEEPSPEED_TAG, client_state=client_state)
         rank_file = _rank_file(tmp_dir, self.rank)
-        torch.save({"rng": capture_rng_state(), "loader": self.loader.state_dict(), "step": self.step}, rank_file)
+        torch.save({"rng": capture_rng_state(), "loader": self.loader.state_dict(), "step": self.step,
+                    "buffer_digest": buffer_digest(self.module.model)}, rank_file)
         _fsync_path(rank_file)
         if self.config.kill_during_save_at_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -718,6 +734,10 @@ class _Trainer:
         if client_state["world_size"] != self.world_size:
             raise ValueError(f"{directory} was written by {client_state['world_size']} ranks, this run has "
                              f"{self.world_size}; resume with the same number of ranks (the data order depends on it)")
+        # The LR is a function of the applied steps under the current flags (--lr, --max-steps may change).
+        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * self.schedule(self.scheduler.last_epoch)
         rank_state = torch.load(_rank_file(directory, self.rank), weights_only=False)
         self.loader.load_state_dict(rank_state["loader"])
         restore_rng_state(rank_state["rng"])
@@ -738,10 +758,10 @@ class _Trainer:
             params[name] = (full if full is not None else parameter).detach().float().cpu()
         export_dir = self.run_dir / "export"
         if self.rank == 0:
-            buffers = {name: b.detach().cpu() for name, b in model.named_buffers()}
+            state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
             torch.manual_seed(self.config.seed)
             fresh = self.build_model()
-            fresh.load_state_dict({**params, **buffers})
+            fresh.load_state_dict({**state, **params})  # ZeRO-3 holds only a shard of each parameter in state
             fresh.eval()
             tmp_dir = export_dir.with_name("export.tmp")
             shutil.rmtree(tmp_dir, ignore_errors=True)

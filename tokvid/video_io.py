@@ -72,18 +72,23 @@ def read_video(path: str | Path, num_frames: int | None = None, fps: float | Non
         decoder = _ContainerDecoder(path)
         timed, source_fps, finish = decoder.frames(), decoder.fps, decoder.check_complete
 
+    decoded = timed
     if fps is not None:
-        timed = _resample_by_time(timed, fps, last_frame_seconds=1.0 / source_fps)
+        timed = _resample_by_time(decoded, fps, last_frame_seconds=1.0 / source_fps)
     frames = []
     reached_end = True
-    for index, (_, pixels) in enumerate(timed):
-        if index < start_frame:
-            continue
-        frame = pixels()
-        frames.append(frame if target_hw is None else resize_cover(frame, target_hw))
-        if num_frames is not None and len(frames) == num_frames:
-            reached_end = False
-            break
+    try:
+        for index, (_, pixels) in enumerate(timed):
+            if index < start_frame:
+                continue
+            frame = pixels()
+            frames.append(frame if target_hw is None else resize_cover(frame, target_hw))
+            if num_frames is not None and len(frames) == num_frames:
+                reached_end = False
+                break
+    finally:
+        for generator in (timed, decoded):  # stopping early: close the container now, not at GC
+            getattr(generator, "close", lambda: None)()
     if reached_end and finish is not None:
         finish()  # raises ValueError if the file turned out to be truncated
     if not frames:

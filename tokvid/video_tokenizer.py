@@ -272,6 +272,10 @@ class VideoTokenizer(nn.Module):
         self.group_frames = nn.Conv3d(wide * tc, lat, 1)
         self.encoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel) for _ in range(cfg.latent_blocks)])
         self.encoder_out = nn.Sequential(ChannelNorm(lat), nn.SiLU(), nn.Conv3d(lat, cfg.code_dim, 1))
+        # FSQ squashes latents with tanh: at the default init they sit near 0 and use only the middle levels,
+        # so the codebook fills slowly. Starting with unit-scale latents spreads codes from the first step.
+        with torch.no_grad():
+            self.encoder_out[-1].weight.mul_(4.0)
         self.quantizer = Quantizer(cfg)
         self.decoder_in = nn.Conv3d(cfg.code_dim, lat, 1)
         self.decoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel) for _ in range(cfg.latent_blocks)])

@@ -1,0 +1,271 @@
+"""Training throughput and model FLOP utilisation (MFU) of the DeepSpeed trainer.
+
+    python bench/train.py [--models generator tokenizer] [--steps 12] [--out bench/results/train.json]
+
+For a reference generator (preset "small", 64x64 shapes-sized chunks) and tokenizer (preset
+"small", 17x64x64 clips), on synthetic data:
+  - one process x 2 threads, and 2 ranks x 1 thread under `deepspeed --num_gpus 2` (ZeRO-2, gloo);
+  - tokens/s (generator) or frames/s (tokenizer): median over the steps after --warmup;
+  - MFU = model FLOP/s / fp32 matmul FLOP/s of a similar shape timed in this run (2 threads for the
+    single process, twice the 1-thread rate for 2 ranks). Model FLOPs of one training step come from
+    torch's FlopCounterMode (exact per-op formulas, forward + backward); for the generator a closed
+    form (6 x matmul params per position + attention + head) is printed beside it as a check.
+Every phase runs in a fresh process; the machine is shared, so compare ratios taken in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+NUM_FRAMES, SIZE = 17, 64
+TEXT_LENGTH, TEXT_VOCAB, CODEBOOK = 16, 256, 1000
+
+
+# ----------------------------------------------------------------------------------------------
+# models and synthetic data (built inside child processes)
+
+
+def _generator_config(params: dict):
+    from tokvid.generator import generator_config_preset
+    from tokvid.story import num_chunks_for_frames
+
+    grid = SIZE // 8
+    chunks = num_chunks_for_frames(NUM_FRAMES, 4)
+    config = generator_config_preset(params.get("preset", "small"), codebook_size=CODEBOOK, text_vocab_size=TEXT_VOCAB,
+                                     text_length=TEXT_LENGTH, chunk_height=grid, chunk_width=grid,
+                                     window_chunks=min(4, chunks))
+    return config, chunks
+
+
+class RandomTokenChunks:
+    """Uniform random codes and prompt ids: the cost of a step does not depend on the values."""
+
+    def __init__(self, config, chunks: int, items: int = 256):
+        self.config, self.chunks, self.items = config, chunks, items
+
+    def __len__(self):
+        return self.items
+
+    def load(self, index, rng):
+        import torch
+
+        c = self.config
+        codes = torch.from_numpy(rng.integers(0, c.codebook_size, (self.chunks, c.chunk_height, c.chunk_width)))
+        text = torch.from_numpy(rng.integers(4, c.text_vocab_size, (self.chunks, c.text_length)))
+        text[:, 0], text[:, -1] = c.text_bos_id, c.text_eos_id
+        return {"codes": codes, "text": text, "chunk_valid": torch.ones(self.chunks, dtype=torch.bool)}
+
+    def collate(self, samples):
+        import torch
+
+        return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+    def describe(self, index):
+        return f"synthetic item {index}"
+
+
+class RandomClips:
+    def __len__(self):
+        return 256
+
+    def load(self, index, rng):
+        import torch
+
+        return torch.from_numpy(rng.uniform(-1, 1, (3, NUM_FRAMES, SIZE, SIZE)).astype("float32"))
+
+    def collate(self, samples):
+        import torch
+
+        return torch.stack(samples)
+
+    def describe(self, index):
+        return f"synthetic clip {index}"
+
+
+def _setup(params: dict):
+    """(build_model, dataset, loss_fn, count_units, unit) for params["model"]."""
+    from tokvid.datasets import chunk_token_count, clip_frame_count
+
+    if params["model"] == "generator":
+        from tokvid.generator import Generator
+
+        config, chunks = _generator_config(params)
+
+        def loss(model, batch, generator):
+            return model.training_loss(batch["codes"], batch["text"], batch["chunk_valid"], generator=generator)
+
+        return lambda: Generator(config), RandomTokenChunks(config, chunks), loss, chunk_token_count, "tokens"
+    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+
+    config = video_tokenizer_preset(params.get("preset", "small"))
+    return (lambda: VideoTokenizer(config), RandomClips(), lambda model, batch, generator: model.training_loss(batch),
+            clip_frame_count, "frames")
+
+
+# ----------------------------------------------------------------------------------------------
+# child phases
+
+
+def phase_matmul(params: dict) -> dict:
+    import torch
+
+    m, k, n = params["shape"]
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    timing = common.time_median(lambda: torch.mm(a, b), reps=int(params.get("reps", 7)), warmup=2)
+    return {"shape": [m, k, n], "gflops": 2 * m * k * n / timing["median_s"] / 1e9}
+
+
+def phase_flops(params: dict) -> dict:
+    """FLOPs of one forward + backward of a micro-batch, and units (tokens or frames) in it."""
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    build_model, dataset, loss_fn, count_units, unit = _setup(params)
+    torch.manual_seed(0)
+    model = build_model()
+    batch = dataset.collate([dataset.load(i, np.random.default_rng(i)) for i in range(params["micro_batch"])])
+    with FlopCounterMode(display=False) as counter:
+        loss, logs = loss_fn(model, batch, torch.Generator().manual_seed(0))
+        loss.backward()
+    result = {"flops_per_micro_batch": counter.get_total_flops(), "units_per_micro_batch": count_units(batch),
+              "unit": unit, "parameters": sum(p.numel() for p in model.parameters())}
+    if params["model"] == "generator":
+        result["closed_form_flops"] = generator_closed_form_flops(model, params["micro_batch"], logs["tokens"])
+    return result
+
+
+def generator_closed_form_flops(model, batch: int, masked_tokens: float) -> float:
+    """6 x (block matmul params) per position + attention scores/values + output head on masked tokens."""
+    import torch
+
+    config = model.config
+    _, chunks = _generator_config({})
+    positions_per_chunk = config.text_length + config.chunk_tokens
+    block_params = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
+    keys = sum(min(c + 1, config.window_chunks) * positions_per_chunk for c in range(chunks)) / chunks
+    positions = batch * chunks * positions_per_chunk
+    attention = 12 * config.depth * config.dim * keys * positions  # QK^T and AV, forward + backward
+    head = 6 * config.dim * config.codebook_size * masked_tokens
+    return 6 * block_params * positions + attention + head
+
+
+def phase_train(params: dict) -> dict:
+    """Train on synthetic data; rank 0 returns the median throughput after the warmup steps."""
+    import torch.distributed as dist
+
+    from tokvid.training import TrainingConfig, run_training
+
+    build_model, dataset, loss_fn, count_units, unit = _setup(params)
+    with tempfile.TemporaryDirectory() as run_dir:
+        config = TrainingConfig(out_dir=run_dir, max_steps=params["steps"], micro_batch=params["micro_batch"],
+                                zero_stage=2, save_every=10**9, throughput_unit=unit, warmup_steps=1)
+        ds_config = {"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0, "steps_per_print": 10**9}
+        run_training(config, ds_config, build_model, dataset, loss_fn, count_units)
+        rank = dist.get_rank()
+        if rank != 0:
+            return {"rank": rank}
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    rates = [r[f"{unit}_per_s"] for r in records[params["warmup"]:]]
+    return {"rank": 0, "unit": unit, "per_s": statistics.median(rates), "steps_timed": len(rates),
+            "world_size": dist.get_world_size()}
+
+
+PHASES = {"matmul": phase_matmul, "flops": phase_flops, "train": phase_train}
+
+
+def run_under_launcher(params: dict, ranks: int) -> dict:
+    """phase_train with `ranks` processes x 1 thread under the deepspeed launcher; rank 0's result."""
+    from tokvid.training import free_port
+
+    payload = json.dumps({"phase": "train", "threads": 1, **params})
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
+    command = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), str(Path(__file__).resolve()),
+               common.PHASE_FLAG, payload]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if common.RESULT_MARKER in line:
+            result = json.loads(line.split(common.RESULT_MARKER, 1)[1])
+            if result.get("rank") == 0:
+                return result
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    raise common.PhaseError(f"launcher run exited with code {proc.returncode}:\n{tail}")
+
+
+# ----------------------------------------------------------------------------------------------
+# driver
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["generator", "tokenizer"], choices=("generator", "tokenizer"))
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per training run")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the median")
+    parser.add_argument("--generator-batch", type=int, default=4, help="generator micro-batch (global, split by ranks)")
+    parser.add_argument("--tokenizer-batch", type=int, default=2, help="tokenizer micro-batch (global, split by ranks)")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    return parser.parse_args()
+
+
+def bench_model(script: Path, model: str, global_batch: int, args) -> dict:
+    params = {"model": model, "steps": args.steps, "warmup": args.warmup}
+    flops = common.run_phase(script, "flops", {**params, "micro_batch": global_batch}, threads=1)
+    if model == "generator":
+        config, chunks = _generator_config({})
+        shape = [global_batch * chunks * (config.text_length + config.chunk_tokens), config.dim, 4 * config.dim]
+    else:  # the first per-frame 3x3 convolution, as the GEMM it is
+        from tokvid.video_tokenizer import video_tokenizer_preset
+
+        config = video_tokenizer_preset("small")
+        width = config.frame_channels[0]
+        shape = [global_batch * NUM_FRAMES * (SIZE // config.stem_patch) ** 2, 9 * width, width]
+    matmul = {t: common.run_phase(script, "matmul", {"shape": shape}, threads=t)["gflops"] for t in (1, 2)}
+    single = common.run_phase(script, "train", {**params, "micro_batch": global_batch}, threads=2)
+    pair = run_under_launcher({**params, "micro_batch": global_batch // 2}, ranks=2)
+    flops_per_unit = flops["flops_per_micro_batch"] / flops["units_per_micro_batch"]
+    result = {"model": model, "unit": flops["unit"], "parameters": flops["parameters"], "global_batch": global_batch,
+              "flops_per_unit": flops_per_unit, "closed_form_flops_per_unit":
+                  flops.get("closed_form_flops", 0) / flops["units_per_micro_batch"] or None,
+              "matmul_shape": shape, "matmul_gflops_1_thread": matmul[1], "matmul_gflops_2_threads": matmul[2],
+              "single_2_threads_per_s": single["per_s"], "two_ranks_per_s": pair["per_s"]}
+    result["single_mfu"] = single["per_s"] * flops_per_unit / (matmul[2] * 1e9)
+    result["two_ranks_mfu"] = pair["per_s"] * flops_per_unit / (2 * matmul[1] * 1e9)
+    result["two_ranks_over_single"] = common.ratio(pair["per_s"], single["per_s"])
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    script = Path(__file__).resolve()
+    results = {"run": common.run_info(2), "results": []}
+    batches = {"generator": args.generator_batch, "tokenizer": args.tokenizer_batch}
+    for model in args.models:
+        print(f"benchmarking {model} ...", flush=True)
+        results["results"].append(bench_model(script, model, batches[model], args))
+    rows = [[r["model"], r["parameters"], r["global_batch"], r["flops_per_unit"] / 1e6,
+             r["closed_form_flops_per_unit"] and r["closed_form_flops_per_unit"] / 1e6,
+             r["matmul_gflops_2_threads"], r["single_2_threads_per_s"], r["single_mfu"],
+             2 * r["matmul_gflops_1_thread"], r["two_ranks_per_s"], r["two_ranks_mfu"], r["two_ranks_over_single"]]
+            for r in results["results"]]
+    common.print_table(
+        f"training throughput, ZeRO-2 fp32 (load average at start {results['run']['loadavg_at_start'][0]}); "
+        "units: generator tokens, tokenizer frames",
+        ["model", "params", "batch", "MFLOP/unit", "closed form", "matmul GF/s 2t", "1 proc x 2t /s", "MFU",
+         "matmul GF/s 2x1t", "2 ranks x 1t /s", "MFU", "2 ranks / 1 proc"], rows)
+    common.write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    if common.is_child_call():
+        common.child_main(PHASES)
+    else:
+        main()

@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+
+from tokvid.manifest import check_manifest, format_report, item_segments, read_manifest
+from tokvid.shapes import write_dataset
+from tokvid.video_io import write_video
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_paths_resolve_against_manifest_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    manifest = write_lines(tmp_path / "sub" / "m.jsonl", [
+        json.dumps({"path": "a.mp4", "caption": "a red circle moves right"}),
+        "",
+        json.dumps({"path": "b.mp4", "story": [{"prompt": "x", "frames": 8}, {"prompt": "y", "frames": 16}]}),
+    ])
+    items = read_manifest(manifest)
+    assert [item["path"] for item in items] == [str(tmp_path / "sub" / "a.mp4"), str(tmp_path / "sub" / "b.mp4")]
+    assert item_segments(items[1]) == [("x", 8), ("y", 16)]
+    assert item_segments(items[0], num_frames=17) == [("a red circle moves right", 16)]
+    with pytest.raises(ValueError, match="num_frames"):
+        item_segments(items[0])
+
+
+def test_csv_with_caption_and_story_columns(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,caption,story\n'
+                        'a.mp4,a blue square stays still,\n'
+                        'b.mp4,,"[{""prompt"": ""p"", ""frames"": 8}]"\n')
+    items = read_manifest(manifest)
+    assert items[0]["caption"] == "a blue square stays still" and "story" not in items[0]
+    assert items[1]["story"] == [{"prompt": "p", "frames": 8}] and "caption" not in items[1]
+
+
+@pytest.mark.parametrize("bad_line,message", [
+    ("{not json", "line 2: not valid JSON"),
+    ('{"caption": "x"}', "line 2: missing 'path'"),
+    ('{"path": "a.mp4"}', "line 2: give exactly one"),
+    ('{"path": "a.mp4", "caption": ""}', "line 2: 'caption' must be"),
+    ('{"path": "a.mp4", "story": [{"prompt": "x", "frames": 0}]}', "line 2: story segment 0"),
+    ('[1, 2]', "line 2: expected a JSON object"),
+])
+def test_malformed_lines_name_the_line(tmp_path, bad_line, message):
+    manifest = write_lines(tmp_path / "m.jsonl", [json.dumps({"path": "ok.mp4", "caption": "c"}), bad_line])
+    with pytest.raises(ValueError, match=message):
+        read_manifest(manifest)
+
+
+def test_missing_or_empty_manifest(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        read_manifest(tmp_path / "none.jsonl")
+    with pytest.raises(ValueError, match="no items"):
+        read_manifest(write_lines(tmp_path / "m.jsonl", [""]))
+
+
+def test_check_manifest_counts_each_problem(tmp_path):
+    clip = np.zeros((9, 32, 32, 3), np.uint8)
+    write_video(tmp_path / "good.mp4", clip, quality="lossless")
+    write_video(tmp_path / "short.mp4", clip[:5], quality="lossless")
+    write_video(tmp_path / "small.mp4", clip[:, :16, :16], quality="lossless")
+    write_video(tmp_path / "story.mp4", clip, quality="lossless")
+    (tmp_path / "corrupt.mp4").write_bytes(b"garbage")
+    manifest = write_lines(tmp_path / "m.jsonl", [json.dumps(line) for line in [
+        {"path": "good.mp4", "caption": "c"},
+        {"path": "short.mp4", "caption": "c"},
+        {"path": "small.mp4", "caption": "c"},
+        {"path": "gone.mp4", "caption": "c"},
+        {"path": "corrupt.mp4", "caption": "c"},
+        {"path": "story.mp4", "story": [{"prompt": "p", "frames": 16}]},
+    ]])
+    report = check_manifest(manifest, num_frames=9, size=32)
+    assert report["counts"] == {"missing": 1, "corrupt": 1, "too_short": 1, "wrong_size": 1, "story_mismatch": 1}
+    assert report["ok"] == 1 and report["items"] == 6 and report["bad"] == 5
+    text = format_report(report)
+    assert "6 items: 1 ok, 5 with problems" in text and "gone.mp4" in text and "too short: 1" in text
+    # size is a minimum unless exact_size: 32x32 frames are fine for 16, wrong for exactly 16
+    assert check_manifest(manifest, size=16)["counts"]["wrong_size"] == 0
+    assert check_manifest(manifest, size=16, exact_size=True)["counts"]["wrong_size"] == 3
+    assert report["too_short"] == [[str(tmp_path / "short.mp4"), 5]]
+    assert "corrupt.mp4" in report["corrupt"][0][0]
+    json.dumps(report)  # the report can be saved as JSON
+
+
+def test_shapes_dataset_passes_the_check(tmp_path):
+    manifest = write_dataset(tmp_path, 6, seed=2, image_fraction=0.3)
+    report = check_manifest(manifest, num_frames=9, size=64)
+    assert report["ok"] == 6 and sum(report["counts"].values()) == 0 and report["images"] >= 1

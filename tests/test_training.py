@@ -1,0 +1,249 @@
+"""The training loop in one process (1 rank, gloo): checkpoints, resume, skips, signals, config.
+
+Two-rank behaviour (ZeRO-2/3 parity, SIGKILL + resume, codebook sync, export) is in test_distributed.py.
+"""
+import json
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from tokvid.datasets import epoch_permutation
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from tokvid.training import (COMPLETE_MARKER, TrainingConfig, TrainingStopped, build_ds_config,  # noqa: E402
+                             complete_checkpoints, enable_activation_checkpointing, load_ds_config,
+                             prune_checkpoints, resolve_resume, run_training, warmup_cosine)
+
+DS_CONFIG = {"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0, "steps_per_print": 1000}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Toy(nn.Module):
+    """A linear regressor whose loss adds noise from the step's generator."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.gain = nn.Parameter(torch.ones(1))
+
+    def training_loss(self, x, generator):
+        noisy = x + 0.01 * torch.randn(x.shape, generator=generator)
+        loss = ((self.linear(noisy) * self.gain).squeeze(-1) - x.sum(-1)).pow(2).mean()
+        return loss, {"noise": float((noisy - x).abs().mean())}
+
+
+class Items:
+    """Item i is a small vector; items in `poisoned` are NaN, items in `corrupt` raise ValueError."""
+
+    def __init__(self, size=16, poisoned=(), corrupt=()):
+        self.size, self.poisoned, self.corrupt = size, set(poisoned), set(corrupt)
+
+    def __len__(self):
+        return self.size
+
+    def load(self, index, rng):
+        if index in self.corrupt:
+            raise ValueError("cannot decode")
+        value = float("nan") if index in self.poisoned else index / self.size
+        return torch.full((4,), value) + torch.from_numpy(rng.normal(size=4)).float() * 0.1
+
+    def collate(self, samples):
+        return torch.stack(samples)
+
+    def describe(self, index):
+        return f"clip{index}.mp4"
+
+
+def train(tmp_path, steps=6, items=None, on_loss=None, **overrides):
+    settings = dict(out_dir=str(tmp_path / "run"), max_steps=steps, micro_batch=2, save_every=3, warmup_steps=2,
+                    lr=1e-2, resume="auto", max_bad_data_fraction=0.5)
+    config = TrainingConfig(**{**settings, **overrides})
+    exported = {}
+
+    def loss_fn(model, batch, generator):
+        if on_loss:
+            on_loss()
+        return model.training_loss(batch, generator)
+
+    def export(model, directory):
+        directory.mkdir(parents=True)
+        exported.update({k: v.clone() for k, v in model.state_dict().items()})
+        torch.save(model.state_dict(), directory / "weights.pt")
+
+    result = run_training(config, DS_CONFIG, Toy, items or Items(), loss_fn, lambda batch: batch.shape[0], export)
+    return result, exported
+
+
+def metrics(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_metrics_checkpoints_and_export(tmp_path):
+    result, exported = train(tmp_path, steps=7, keep_last=2)
+    records = metrics(tmp_path)
+    assert [r["step"] for r in records] == list(range(1, 8)) and result.status == "finished"
+    first = records[0]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "skipped", "noise"} <= first.keys()
+    assert first["lr"] == pytest.approx(5e-3) and records[1]["lr"] == pytest.approx(1e-2)  # warmup over 2 steps
+    assert all(r["skipped"] == 0 and r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in records)
+    assert [step for step, _ in complete_checkpoints(tmp_path / "run")] == [6, 7]  # keep_last=2, last step saved
+    assert (tmp_path / "run" / "tb").is_dir()
+    saved = torch.load(tmp_path / "run" / "export" / "weights.pt")
+    assert set(saved) == {"linear.weight", "linear.bias", "gain"} and torch.equal(saved["gain"], exported["gain"])
+    assert not torch.equal(saved["gain"], torch.ones(1))
+
+
+def test_interrupt_by_signal_saves_and_resume_repeats_the_uninterrupted_losses(tmp_path):
+    reference, _ = train(tmp_path / "reference", steps=6)
+    calls = []
+
+    def signal_in_step_two():
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first, _ = train(tmp_path, steps=6, on_loss=signal_in_step_two)
+    assert first.status == "interrupted" and first.step == 2
+    assert [s for s, _ in complete_checkpoints(tmp_path / "run")] == [2]
+    second, _ = train(tmp_path, steps=6)
+    assert second.step == 6
+    assert [r["loss"] for r in metrics(tmp_path)] == reference.losses  # bit-identical, steps 1-6
+
+
+def test_a_crashed_run_truncates_metrics_and_resumes_from_the_last_checkpoint(tmp_path):
+    reference, _ = train(tmp_path / "reference", steps=5)
+    calls = []
+
+    def crash_in_step_five():
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tmp_path, steps=5, on_loss=crash_in_step_five)  # got to step 4, last checkpoint at 3
+    assert len(metrics(tmp_path)) == 4
+    resumed, _ = train(tmp_path, steps=5)
+    assert resumed.losses == reference.losses[3:]
+    assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in metrics(tmp_path)] == reference.losses
+
+
+def test_non_finite_loss_and_gradient_steps_are_skipped_and_counted(tmp_path):
+    result, exported = train(tmp_path, steps=6, inject_nan_loss_at_step=2, inject_nan_grad_at_step=4)
+    records = metrics(tmp_path)
+    assert [r["skipped"] for r in records] == [0, 1, 0, 1, 0, 0]
+    assert records[1]["skip_reason"] == "loss" and records[3]["skip_reason"] == "grad_norm"
+    assert records[1]["loss"] is None and records[3]["grad_norm"] is None and records[-1]["skipped_total"] == 2
+    assert records[2]["lr"] == records[1]["lr"] and records[4]["lr"] == records[3]["lr"]  # no schedule step
+    assert result.skipped_steps == 2 and all(torch.isfinite(v).all() for v in exported.values())
+
+
+def test_a_nan_in_a_later_micro_step_discards_the_accumulated_step(tmp_path):
+    # Item 5 is NaN and 8th in epoch 0's order (seed 0): micro-step 2 of 2 in step 4. The gradients
+    # already accumulated from micro-step 1 must be discarded with it, and the weights stay finite.
+    assert epoch_permutation(16, 0, 0).tolist().index(5) == 7
+    result, exported = train(tmp_path, steps=8, items=Items(poisoned=(5,)), grad_accum=2, micro_batch=1)
+    records = metrics(tmp_path)
+    assert [r["skipped"] for r in records] == [0, 0, 0, 1, 0, 0, 0, 0] and records[3]["skip_reason"] == "loss"
+    assert result.skipped_steps == 1
+    assert all(torch.isfinite(v).all() for v in exported.values())
+
+
+def test_too_many_skips_in_a_row_stop_with_a_checkpoint(tmp_path):
+    with pytest.raises(TrainingStopped, match="3 optimizer steps in a row were skipped"):
+        train(tmp_path, steps=6, items=Items(poisoned=range(16)), max_consecutive_skips=3)
+    assert [s for s, _ in complete_checkpoints(tmp_path / "run")] == [3]
+
+
+def test_too_much_bad_data_stops_naming_the_files(tmp_path):
+    with pytest.raises(TrainingStopped, match=r"(?s)unusable.*clip\d+\.mp4: cannot decode"):
+        train(tmp_path, steps=4, items=Items(corrupt=range(0, 16, 2)), max_bad_data_fraction=0.2)
+
+
+def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
+    train(tmp_path, steps=3)
+    with pytest.raises(ValueError, match="--resume auto"):
+        train(tmp_path, steps=3, resume=None)
+
+
+def test_checkpoint_selection_ignores_unfinished_saves(tmp_path):
+    root = tmp_path / "checkpoints"
+    for name, complete in [("step-0000002", True), ("step-0000005", True), ("step-0000007", False),
+                           ("step-0000009.tmp", True)]:
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / COMPLETE_MARKER).write_text("{}")
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [2, 5]
+    assert resolve_resume(tmp_path, "auto") == root / "step-0000005"
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        resolve_resume(tmp_path, str(root / "step-0000007"))
+    assert resolve_resume(tmp_path / "empty", "auto") is None
+    prune_checkpoints(tmp_path, keep_last=1)
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000005", "step-0000007"]
+
+
+def test_ds_config_flags_and_refusals(tmp_path):
+    config = TrainingConfig(out_dir="x", max_steps=10, micro_batch=3, grad_accum=2, zero_stage=3, bf16=True)
+    ds = build_ds_config({"train_batch_size": 64, "zero_optimization": {"stage": 2}}, config)
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2
+    assert "train_batch_size" not in ds and ds["zero_optimization"]["stage"] == 3
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    native = build_ds_config({"bf16": {"enabled": True, "check_grad_overflow": False}}, TrainingConfig("x", 1, zero_stage=1))
+    assert native["bf16"]["check_grad_overflow"]  # DeepSpeed's bf16 would otherwise apply NaN gradients
+    plain = TrainingConfig(out_dir="x", max_steps=1)
+    for bad, message in [({"optimizer": {"type": "Adam"}}, "optimizer"), ({"fp16": {"enabled": True}}, "bf16"),
+                         ({"zero_optimization": {"stage": 0}}, "stage must be 1, 2 or 3")]:
+        with pytest.raises(ValueError, match=message):
+            build_ds_config(bad, plain)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}))
+    with pytest.raises(ValueError, match="zero_optimization.reduce_bucket_size"):
+        load_ds_config(path)
+    shipped = load_ds_config(os.path.join(os.path.dirname(__file__), "..", "ds_config.json"))
+    assert shipped["steps_per_print"] and shipped["zero_optimization"]["stage"] == 2
+    assert not shipped["bf16"]["enabled"]
+
+
+def test_warmup_then_cosine():
+    schedule = warmup_cosine(warmup_steps=4, max_steps=14, min_ratio=0.1)
+    assert [schedule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert schedule(9) == pytest.approx(0.55) and schedule(14) == pytest.approx(0.1) and schedule(99) == pytest.approx(0.1)
+
+
+def test_activation_checkpointing_keeps_outputs_and_gradients():
+    class Blocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.GELU()) for _ in range(3))
+            self.norms = nn.ModuleList([nn.BatchNorm1d(8)])  # has buffers: must stay as it is
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return self.norms[0](x)
+
+    torch.manual_seed(0)
+    plain = Blocks()
+    checkpointed = Blocks()
+    checkpointed.load_state_dict(plain.state_dict())
+    assert enable_activation_checkpointing(checkpointed) == 3
+    x = torch.randn(4, 8)
+    outputs = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)
+        out = model(x)
+        out.square().sum().backward()
+        outputs.append((out, [p.grad for p in model.parameters()]))
+    assert torch.allclose(outputs[0][0], outputs[1][0])
+    assert all(torch.allclose(a, b) for a, b in zip(outputs[0][1], outputs[1][1]))
