@@ -6,10 +6,13 @@ For a reference generator (preset "small", 64x64 shapes-sized chunks) and tokeni
 "small", 17x64x64 clips), on synthetic data:
   - one process x 2 threads, and 2 ranks x 1 thread under `deepspeed --num_gpus 2` (ZeRO-2, gloo);
   - tokens/s (generator) or frames/s (tokenizer): median over the steps after --warmup;
-  - MFU = model FLOP/s / fp32 matmul FLOP/s of a similar shape timed in this run (2 threads for the
-    single process, twice the 1-thread rate for 2 ranks). Model FLOPs of one training step come from
-    torch's FlopCounterMode (exact per-op formulas, forward + backward); for the generator a closed
-    form (6 x matmul params per position + attention + head) is printed beside it as a check.
+  - MFU = model FLOP/s / fp32 GEMM FLOP/s, timed inside the same processes just before and after
+    training (for 2 ranks: both ranks at once, summed). The GEMM has the shape of the generator's MLP
+    (tokens x dim x 4dim); for the tokenizer, whose oneDNN convolutions beat thin GEMMs of their
+    own shapes, it is a square 1024 GEMM (near the machine's peak). Model FLOPs come from
+    torch's FlopCounterMode (per-op formulas, forward + backward) for the tokenizer; for the generator
+    from a closed form (6 x block matmul params per position + attention + head on masked tokens),
+    because FlopCounterMode leaves out CPU attention (its count is printed beside, as a check).
 Every phase runs in a fresh process; the machine is shared, so compare ratios taken in the same run.
 """
 from __future__ import annotations
@@ -115,13 +118,13 @@ def _setup(params: dict):
 # child phases
 
 
-def phase_matmul(params: dict) -> dict:
+def matmul_gflops(shape: list[int], reps: int = 7) -> float:
+    """fp32 GEMM speed of this process at its thread count, now."""
     import torch
 
-    m, k, n = params["shape"]
+    m, k, n = shape
     a, b = torch.randn(m, k), torch.randn(k, n)
-    timing = common.time_median(lambda: torch.mm(a, b), reps=int(params.get("reps", 7)), warmup=2)
-    return {"shape": [m, k, n], "gflops": 2 * m * k * n / timing["median_s"] / 1e9}
+    return 2 * m * k * n / common.time_median(lambda: torch.mm(a, b), reps=reps, warmup=2)["median_s"] / 1e9
 
 
 def phase_flops(params: dict) -> dict:
@@ -160,27 +163,34 @@ def generator_closed_form_flops(model, batch: int, masked_tokens: float) -> floa
 
 
 def phase_train(params: dict) -> dict:
-    """Train on synthetic data; rank 0 returns the median throughput after the warmup steps."""
+    """Train on synthetic data. Every rank times the reference GEMM just before and after training,
+    under the same load as the training itself; rank 0 returns the median throughput after the
+    warmup steps and the GEMM GFLOP/s summed over ranks."""
+    import torch
     import torch.distributed as dist
 
-    from tokvid.training import TrainingConfig, run_training
+    from tokvid.training import TrainingConfig, run_training, setup_distributed
 
     build_model, dataset, loss_fn, count_units, unit = _setup(params)
+    setup_distributed()
+    before = matmul_gflops(params["shape"])
     with tempfile.TemporaryDirectory() as run_dir:
         config = TrainingConfig(out_dir=run_dir, max_steps=params["steps"], micro_batch=params["micro_batch"],
                                 zero_stage=2, save_every=10**9, throughput_unit=unit, warmup_steps=1)
         ds_config = {"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0, "steps_per_print": 10**9}
         run_training(config, ds_config, build_model, dataset, loss_fn, count_units)
-        rank = dist.get_rank()
-        if rank != 0:
-            return {"rank": rank}
-        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+        if dist.get_rank() == 0:
+            records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    reference = torch.tensor([(before + matmul_gflops(params["shape"])) / 2])
+    dist.all_reduce(reference)
+    if dist.get_rank() != 0:
+        return {"rank": dist.get_rank()}
     rates = [r[f"{unit}_per_s"] for r in records[params["warmup"]:]]
     return {"rank": 0, "unit": unit, "per_s": statistics.median(rates), "steps_timed": len(rates),
-            "world_size": dist.get_world_size()}
+            "world_size": dist.get_world_size(), "matmul_gflops": float(reference)}
 
 
-PHASES = {"matmul": phase_matmul, "flops": phase_flops, "train": phase_train}
+PHASES = {"flops": phase_flops, "train": phase_train}
 
 
 def run_under_launcher(params: dict, ranks: int) -> dict:
@@ -222,23 +232,20 @@ def bench_model(script: Path, model: str, global_batch: int, args) -> dict:
     if model == "generator":
         config, chunks = _generator_config({})
         shape = [global_batch * chunks * (config.text_length + config.chunk_tokens), config.dim, 4 * config.dim]
-    else:  # the first per-frame 3x3 convolution, as the GEMM it is
-        from tokvid.video_tokenizer import video_tokenizer_preset
-
-        config = video_tokenizer_preset("small")
-        width = config.frame_channels[0]
-        shape = [global_batch * NUM_FRAMES * (SIZE // config.stem_patch) ** 2, 9 * width, width]
-    matmul = {t: common.run_phase(script, "matmul", {"shape": shape}, threads=t)["gflops"] for t in (1, 2)}
-    single = common.run_phase(script, "train", {**params, "micro_batch": global_batch}, threads=2)
-    pair = run_under_launcher({**params, "micro_batch": global_batch // 2}, ranks=2)
-    flops_per_unit = flops["flops_per_micro_batch"] / flops["units_per_micro_batch"]
+    else:  # oneDNN convolutions run near the machine's peak, so compare with a well-shaped square GEMM
+        shape = [1024, 1024, 1024]
+    single = common.run_phase(script, "train", {**params, "shape": shape, "micro_batch": global_batch}, threads=2)
+    pair = run_under_launcher({**params, "shape": shape, "micro_batch": global_batch // 2}, ranks=2)
+    counted_per_unit = flops["flops_per_micro_batch"] / flops["units_per_micro_batch"]
+    # FlopCounterMode does not count CPU scaled_dot_product_attention, so the generator uses its closed form.
+    flops_per_unit = flops.get("closed_form_flops", flops["flops_per_micro_batch"]) / flops["units_per_micro_batch"]
     result = {"model": model, "unit": flops["unit"], "parameters": flops["parameters"], "global_batch": global_batch,
-              "flops_per_unit": flops_per_unit, "closed_form_flops_per_unit":
-                  flops.get("closed_form_flops", 0) / flops["units_per_micro_batch"] or None,
-              "matmul_shape": shape, "matmul_gflops_1_thread": matmul[1], "matmul_gflops_2_threads": matmul[2],
+              "flops_per_unit": flops_per_unit, "flop_counter_per_unit": counted_per_unit,
+              "matmul_shape": shape, "single_matmul_gflops": single["matmul_gflops"],
+              "two_ranks_matmul_gflops": pair["matmul_gflops"],
               "single_2_threads_per_s": single["per_s"], "two_ranks_per_s": pair["per_s"]}
-    result["single_mfu"] = single["per_s"] * flops_per_unit / (matmul[2] * 1e9)
-    result["two_ranks_mfu"] = pair["per_s"] * flops_per_unit / (2 * matmul[1] * 1e9)
+    result["single_mfu"] = single["per_s"] * flops_per_unit / (single["matmul_gflops"] * 1e9)
+    result["two_ranks_mfu"] = pair["per_s"] * flops_per_unit / (pair["matmul_gflops"] * 1e9)
     result["two_ranks_over_single"] = common.ratio(pair["per_s"], single["per_s"])
     return result
 
@@ -251,16 +258,15 @@ def main() -> None:
     for model in args.models:
         print(f"benchmarking {model} ...", flush=True)
         results["results"].append(bench_model(script, model, batches[model], args))
-    rows = [[r["model"], r["parameters"], r["global_batch"], r["flops_per_unit"] / 1e6,
-             r["closed_form_flops_per_unit"] and r["closed_form_flops_per_unit"] / 1e6,
-             r["matmul_gflops_2_threads"], r["single_2_threads_per_s"], r["single_mfu"],
-             2 * r["matmul_gflops_1_thread"], r["two_ranks_per_s"], r["two_ranks_mfu"], r["two_ranks_over_single"]]
+    rows = [[r["model"], r["parameters"], r["global_batch"], r["flops_per_unit"] / 1e6, r["flop_counter_per_unit"] / 1e6,
+             "x".join(map(str, r["matmul_shape"])), r["single_matmul_gflops"], r["single_2_threads_per_s"], r["single_mfu"],
+             r["two_ranks_matmul_gflops"], r["two_ranks_per_s"], r["two_ranks_mfu"], r["two_ranks_over_single"]]
             for r in results["results"]]
     common.print_table(
         f"training throughput, ZeRO-2 fp32 (load average at start {results['run']['loadavg_at_start'][0]}); "
         "units: generator tokens, tokenizer frames",
-        ["model", "params", "batch", "MFLOP/unit", "closed form", "matmul GF/s 2t", "1 proc x 2t /s", "MFU",
-         "matmul GF/s 2x1t", "2 ranks x 1t /s", "MFU", "2 ranks / 1 proc"], rows)
+        ["model", "params", "batch", "MFLOP/unit", "FlopCounter", "GEMM", "GF/s 2t", "1 proc x 2t /s", "MFU",
+         "GF/s 2 ranks", "2 ranks x 1t /s", "MFU", "2 ranks / 1 proc"], rows)
     common.write_json(args.out, results)
 
 

@@ -139,8 +139,11 @@ def test_a_crashed_run_truncates_metrics_and_resumes_from_the_last_checkpoint(tm
     assert [r["loss"] for r in metrics(tmp_path)] == reference.losses
 
 
-def test_non_finite_loss_and_gradient_steps_are_skipped_and_counted(tmp_path):
-    result, exported = train(tmp_path, steps=6, inject_nan_loss_at_step=2, inject_nan_grad_at_step=4)
+@pytest.mark.parametrize("zero_stage", [1, 2, 3])
+def test_non_finite_loss_and_gradient_steps_are_skipped_and_counted(tmp_path, zero_stage):
+    # fp32 ZeRO-1/2/3 all treat a non-finite gradient norm as an overflow: was_step_applied() is False
+    result, exported = train(tmp_path, steps=6, inject_nan_loss_at_step=2, inject_nan_grad_at_step=4,
+                             zero_stage=zero_stage)
     records = metrics(tmp_path)
     assert [r["skipped"] for r in records] == [0, 1, 0, 1, 0, 0]
     assert records[1]["skip_reason"] == "loss" and records[3]["skip_reason"] == "grad_norm"
@@ -175,6 +178,14 @@ def test_a_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
     train(tmp_path, steps=3)
     with pytest.raises(ValueError, match="--resume auto"):
         train(tmp_path, steps=3, resume=None)
+
+
+def test_resume_refuses_a_different_number_of_ranks(tmp_path):
+    train(tmp_path, steps=3)
+    marker = tmp_path / "run" / "checkpoints" / "step-0000003" / COMPLETE_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "world_size": 2}))
+    with pytest.raises(ValueError, match="written by 2 ranks, this run has 1"):
+        train(tmp_path, steps=4)
 
 
 def test_checkpoint_selection_ignores_unfinished_saves(tmp_path):

@@ -97,7 +97,7 @@ class GeneratorConfig:
 
 _PRESETS = {
     "tiny": dict(dim=128, depth=4, heads=4),
-    "small": dict(dim=256, depth=8, heads=8),
+    "small": dict(dim=192, depth=6, heads=6),
     "base": dict(dim=512, depth=12, heads=8),
 }
 
@@ -351,8 +351,9 @@ class Generator(nn.Module):
         hidden = self._video_hidden(inputs, text[:, :used_chunks], config.window_chunks)
         selected = masked[:, :used_chunks]
         num_selected = int(selected.sum())
-        if num_selected == 0:  # every chunk drawn clean: keep the graph, contribute nothing
-            loss = hidden.sum() * 0.0
+        if num_selected == 0:  # every chunk drawn clean: contribute nothing, but still run the head so that
+            # every rank makes the same calls (ZeRO-3 gathers the head's shards collectively)
+            loss = self.head(hidden[:, :1]).sum() * 0.0
             accuracy = 0.0
         else:
             logits = self.head(hidden[selected]).float()

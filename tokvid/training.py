@@ -80,7 +80,6 @@ class TrainingConfig:
     throughput_unit: str = "tokens"  # metrics report <unit>_per_s ("tokens" or "frames")
     inject_nan_loss_at_step: int | None = None  # tests: rank 0's loss becomes NaN at this step
     inject_nan_grad_at_step: int | None = None  # tests: gradients become NaN (finite loss) at this step
-    kill_after_step: int | None = None  # tests: every rank SIGKILLs itself after this step (and its save)
     kill_during_save_at_step: int | None = None  # tests: SIGKILL after writing the checkpoint, before COMPLETE
 
     def __post_init__(self):
@@ -275,8 +274,7 @@ def add_training_arguments(parser) -> None:
                         help="stop after this many skipped (non-finite) steps in a row")
     parser.add_argument("--max-bad-data-fraction", type=float, default=0.01,
                         help="stop when more than this fraction of the data items is unusable")
-    for flag in ("--inject-nan-at-step", "--inject-nan-grad-at-step", "--kill-after-step",
-                 "--kill-during-save-at-step"):  # fault injection for the tests
+    for flag in ("--inject-nan-at-step", "--inject-nan-grad-at-step", "--kill-during-save-at-step"):  # for tests
         parser.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -289,7 +287,7 @@ def training_config_from_args(args, throughput_unit: str) -> TrainingConfig:
         keep_last=args.keep_last, resume=args.resume, max_consecutive_skips=args.max_consecutive_skips,
         max_bad_data_fraction=args.max_bad_data_fraction, throughput_unit=throughput_unit,
         inject_nan_loss_at_step=args.inject_nan_at_step, inject_nan_grad_at_step=args.inject_nan_grad_at_step,
-        kill_after_step=args.kill_after_step, kill_during_save_at_step=args.kill_during_save_at_step)
+        kill_during_save_at_step=args.kill_during_save_at_step)
 
 
 def ds_config_path(args) -> Path:
@@ -571,8 +569,6 @@ class _Trainer:
                     break
                 if self.step % self.config.save_every == 0 or self.step == self.config.max_steps:
                     self._save()
-                if self.config.kill_after_step == self.step:
-                    os.kill(os.getpid(), signal.SIGKILL)
             export_dir = self._export() if status == "finished" and self.export_fn else None
         finally:
             bar.close()
@@ -601,11 +597,36 @@ class _Trainer:
 
     # -- one optimizer step
     def _train_step(self) -> tuple[dict, bool]:
-        config, engine = self.config, self.engine
+        """One optimizer step; returns its metrics record and whether a rank asked to stop."""
         started = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
+        losses_finite, means, units = self._forward_backward()
+        applied = losses_finite and self.engine.was_step_applied()
+        grad_norm = _as_float(self.engine.get_global_grad_norm()) if applied else None
+        self.skipped_total += not applied
+        self.consecutive_skips = 0 if applied else self.consecutive_skips + 1
+        stop_signal, bad_items = self._agree_on_step_end()
+        record = {"step": self.step, "loss": means.pop("loss") if applied else None, "lr": lr, "grad_norm": grad_norm,
+                  f"{self.config.throughput_unit}_per_s": units * self.world_size / (time.perf_counter() - started),
+                  "skipped": int(not applied),
+                  "skip_reason": None if applied else "grad_norm" if losses_finite else "loss",
+                  "skipped_total": self.skipped_total, "bad_items": bad_items}
+        if applied:
+            record.update({k: v for k, v in means.items() if k not in record})
+        self.metrics.write(record)
+        if self.consecutive_skips >= self.config.max_consecutive_skips:
+            self._save()
+            raise TrainingStopped(
+                f"{self.consecutive_skips} optimizer steps in a row were skipped (non-finite loss or gradient) up to "
+                f"step {self.step}; saved {checkpoint_name(self.step)}. Lower --lr, check the data, or raise "
+                "--max-consecutive-skips, then continue with --resume auto")
+        return record, stop_signal
+
+    def _forward_backward(self) -> tuple[bool, dict, int]:
+        """The micro-steps of one optimizer step: (all losses finite, mean loss and logs, units read)."""
+        config, engine = self.config, self.engine
         abandoned = poisoned = False
-        loss_sum, log_sums, counted, units = 0.0, {}, 0, 0
+        sums, counted, units = {}, 0, 0
         for micro in range(config.grad_accum):
             if abandoned:
                 self.loader.skip(config.micro_batch)
@@ -618,7 +639,7 @@ class _Trainer:
             torch.manual_seed(derive_seed(config.seed, self.step, self.rank, micro, 1))  # for models using global RNG
             loss, logs = engine(batch, generator)
             loss = self._inject_faults(loss, micro)
-            finite, mean_loss, mean_logs = self._reduce_loss(loss, logs)
+            finite, means = self._reduce_loss(loss, logs)
             if not finite:
                 if micro == 0:  # nothing accumulated yet: skip backward and step on every rank
                     abandoned = True
@@ -630,35 +651,12 @@ class _Trainer:
             engine.backward(loss)
             engine.step()
             if finite:
-                loss_sum, counted = loss_sum + mean_loss, counted + 1
-                for key, value in mean_logs.items():
-                    log_sums[key] = log_sums.get(key, 0.0) + value
-
-        applied = not abandoned and engine.was_step_applied()
-        if poisoned and applied:
+                counted += 1
+                for key, value in means.items():
+                    sums[key] = sums.get(key, 0.0) + value
+        if poisoned and engine.was_step_applied():
             raise RuntimeError(f"step {self.step}: DeepSpeed applied an update although a loss was not finite")
-        skipped = abandoned or poisoned or not applied
-        grad_norm = _as_float(engine.get_global_grad_norm()) if applied else None
-        self.skipped_total += skipped
-        self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
-        stop_signal, bad_items = self._agree_on_step_end()
-        elapsed = time.perf_counter() - started
-        record = {"step": self.step, "loss": None if skipped else loss_sum / counted, "lr": lr,
-                  "grad_norm": grad_norm,
-                  f"{config.throughput_unit}_per_s": units * self.world_size / elapsed,
-                  "skipped": int(skipped),
-                  "skip_reason": ("loss" if abandoned or poisoned else "grad_norm") if skipped else None,
-                  "skipped_total": self.skipped_total, "bad_items": bad_items}
-        if not skipped:
-            record.update({k: v / counted for k, v in log_sums.items() if k not in record})
-        self.metrics.write(record)
-        if self.consecutive_skips >= config.max_consecutive_skips:
-            self._save()
-            raise TrainingStopped(
-                f"{self.consecutive_skips} optimizer steps in a row were skipped (non-finite loss or gradient) up to "
-                f"step {self.step}; saved {checkpoint_name(self.step)}. Lower --lr, check the data, or raise "
-                "--max-consecutive-skips, then continue with --resume auto")
-        return record, stop_signal
+        return not (abandoned or poisoned), {k: v / max(counted, 1) for k, v in sums.items()}, units
 
     def _inject_faults(self, loss: torch.Tensor, micro: int) -> torch.Tensor:
         if micro == 0 and self.config.inject_nan_loss_at_step == self.step and self.rank == 0:
@@ -667,9 +665,9 @@ class _Trainer:
             loss = _PoisonGradient.apply(loss)
         return loss
 
-    def _reduce_loss(self, loss: torch.Tensor, logs: dict) -> tuple[bool, float, dict]:
+    def _reduce_loss(self, loss: torch.Tensor, logs: dict) -> tuple[bool, dict]:
         """Agree on finiteness across ranks and average loss and logs over them (one all-reduce)."""
-        keys = sorted(logs)
+        keys = sorted(set(logs) - {"loss"})
         value = float(loss.detach())
         finite = math.isfinite(value)
         packed = torch.tensor([0.0 if finite else 1.0, value if finite else 0.0, *(float(logs[k]) for k in keys)],
@@ -677,7 +675,7 @@ class _Trainer:
         dist.all_reduce(packed)
         packed = packed.cpu()
         means = (packed[1:] / self.world_size).tolist()
-        return bool(packed[0] == 0), means[0], dict(zip(keys, means[1:]))
+        return bool(packed[0] == 0), dict(zip(["loss", *keys], means))
 
     def _agree_on_step_end(self) -> tuple[bool, int]:
         """Signal flag and unusable-data count over all ranks; stops when too much data is bad."""
@@ -728,12 +726,13 @@ class _Trainer:
         dist.barrier()
 
     def _load(self, directory: Path) -> None:
+        written_by = json.loads((directory / COMPLETE_MARKER).read_text())["world_size"]
+        if written_by != self.world_size:
+            raise ValueError(f"{directory} was written by {written_by} ranks, this run has {self.world_size}; "
+                             "resume with the same number of ranks (the data order and ZeRO shards depend on it)")
         _, client_state = self.engine.load_checkpoint(str(directory), tag=DEEPSPEED_TAG)
         if client_state is None:
             raise ValueError(f"{directory} has no readable DeepSpeed state; resume from an older checkpoint")
-        if client_state["world_size"] != self.world_size:
-            raise ValueError(f"{directory} was written by {client_state['world_size']} ranks, this run has "
-                             f"{self.world_size}; resume with the same number of ranks (the data order depends on it)")
         # The LR is a function of the applied steps under the current flags (--lr, --max-steps may change).
         self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
         for group in self.optimizer.param_groups:
@@ -797,12 +796,18 @@ def _as_float(value: Any) -> float | None:
 
 def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str | Path, preset: str = "small",
                           size: int = 64, num_frames: int = 17, fps: float | None = None,
-                          quantizer: str | None = None, cache_bytes: int = 1 << 30) -> TrainingResult:
+                          quantizer: str | None = None, fsq_levels: str | None = None,
+                          cache_bytes: int = 1 << 30) -> TrainingResult:
     """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors."""
     from tokvid.datasets import ClipDataset, clip_frame_count
     from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
     overrides = {} if quantizer is None else {"quantizer": quantizer}
+    if fsq_levels:
+        try:
+            overrides["fsq_levels"] = tuple(int(level) for level in str(fsq_levels).split(","))
+        except ValueError:
+            raise ValueError(f"--fsq-levels must be comma-separated integers like 8,5,5,5, got {fsq_levels!r}") from None
     # VQ codebooks are EMA buffers: without sync every rank would learn its own codebook.
     model_config = video_tokenizer_preset(preset, **overrides, vq_sync_codebook=True)
     dataset = ClipDataset(manifest, num_frames=num_frames, size=size,

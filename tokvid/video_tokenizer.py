@@ -104,7 +104,7 @@ def video_tokenizer_preset(name: str, **overrides) -> VideoTokenizerConfig:
     """Named sizes: 'tiny' for tests, 'small' and 'base' for real training."""
     presets = {
         "tiny": dict(frame_channels=(8, 16), latent_channels=16, latent_blocks=1, fsq_levels=(5, 5, 5)),
-        "small": dict(frame_channels=(48, 96), latent_channels=160, latent_blocks=2),
+        "small": dict(frame_channels=(32, 64), latent_channels=128, latent_blocks=2),
         "base": dict(),
     }
     if name not in presets:
@@ -243,7 +243,7 @@ class Quantizer(nn.Module):
                 aux = flat.new_zeros(())
             else:
                 quantized, indices, aux = self.impl(flat)
-        return quantized.reshape(shape), indices.reshape(shape[:-1]).long(), aux
+        return quantized.reshape(shape).to(z.dtype), indices.reshape(shape[:-1]).long(), aux
 
     def codes_to_latents(self, indices: Tensor) -> Tensor:
         shape = indices.shape
@@ -272,10 +272,6 @@ class VideoTokenizer(nn.Module):
         self.group_frames = nn.Conv3d(wide * tc, lat, 1)
         self.encoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel) for _ in range(cfg.latent_blocks)])
         self.encoder_out = nn.Sequential(ChannelNorm(lat), nn.SiLU(), nn.Conv3d(lat, cfg.code_dim, 1))
-        # FSQ squashes latents with tanh: at the default init they sit near 0 and use only the middle levels,
-        # so the codebook fills slowly. Starting with unit-scale latents spreads codes from the first step.
-        with torch.no_grad():
-            self.encoder_out[-1].weight.mul_(4.0)
         self.quantizer = Quantizer(cfg)
         self.decoder_in = nn.Conv3d(cfg.code_dim, lat, 1)
         self.decoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel) for _ in range(cfg.latent_blocks)])

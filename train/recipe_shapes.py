@@ -23,12 +23,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/shapes", help="run directory for all stages")
     parser.add_argument("--num-videos", type=int, default=4000, help="shapes-v1 training items")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--tokenizer-steps", type=int, default=1500)
+    parser.add_argument("--tokenizer-steps", type=int, default=700)
     parser.add_argument("--tokenizer-preset", default="small")
     parser.add_argument("--fsq-levels", default="8,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 1000)")
-    parser.add_argument("--generator-steps", type=int, default=2500)
+    parser.add_argument("--generator-steps", type=int, default=1000)
     parser.add_argument("--generator-preset", default="small")
-    parser.add_argument("--generator-frames", type=int, default=25, help="frames per generator training window")
+    parser.add_argument("--generator-frames", type=int, default=21, help="frames per generator training window")
     parser.add_argument("--ranks", type=int, default=1, help="processes under the deepspeed launcher")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per rank")
     parser.add_argument("--install", action="store_true", help="copy the exported pipeline into tokvid/weights/shapes")
@@ -58,12 +58,12 @@ def main(argv=None) -> int:
         run(["tokvid-data", "shapes", "--out", str(data), "--num-videos", str(args.num_videos), "--seed", str(args.seed)])
     if not (text / "config.json").exists():
         run([sys.executable, str(REPO / "tokenizer" / "train_text_tokenizer.py"), "--manifest", str(data / "manifest.jsonl"),
-             "--out", str(text), "--vocab-size", "64", "--max-length", "10", "--seed", str(args.seed)])
+             "--out", str(text), "--vocab-size", "128", "--max-length", "8", "--seed", str(args.seed)])
     if not (tokenizer / "export" / "model.safetensors").exists():
         run(launcher(args, "train_tokenizer.py") + common + [
             "--manifest", str(data / "manifest.jsonl"), "--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
             "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels, "--lr", "2e-3", "--warmup-steps", "100",
-            "--micro-batch", str(8 // args.ranks), "--num-frames", "17", "--save-every", "250"])
+            "--micro-batch", str(8 // args.ranks), "--num-frames", "9", "--cache-gb", "3", "--save-every", "250"])
     if not (shards / "info.json").exists():
         shutil.rmtree(shards, ignore_errors=True)
         run(["tokvid-encode", "--tokenizer", str(tokenizer / "export"), "--manifest", str(data / "manifest.jsonl"),
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
         run(launcher(args, "train_generator.py") + common + [
             "--data", str(shards), "--text-tokenizer", str(text), "--video-tokenizer", str(tokenizer / "export"),
             "--out", str(generator), "--max-steps", str(args.generator_steps), "--preset", args.generator_preset,
-            "--lr", "1e-3", "--warmup-steps", "200", "--micro-batch", str(16 // args.ranks),
-            "--num-frames", str(args.generator_frames), "--window-chunks", "7", "--save-every", "250"])
+            "--lr", "1e-3", "--warmup-steps", "100", "--micro-batch", str(12 // args.ranks),
+            "--num-frames", str(args.generator_frames), "--window-chunks", "6", "--save-every", "250"])
     if args.install:
         target = REPO / "tokvid" / "weights" / "shapes"
         shutil.rmtree(target, ignore_errors=True)

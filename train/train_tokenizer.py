@@ -20,6 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64, help="square frame size of training clips")
     parser.add_argument("--fps", type=float, default=None, help="resample videos to this frame rate")
     parser.add_argument("--quantizer", choices=("fsq", "lfq", "vq"), default=None, help="override the preset's")
+    parser.add_argument("--fsq-levels", default=None, help="override the preset's FSQ levels, e.g. 8,5,5,5")
     parser.add_argument("--cache-gb", type=float, default=1.0, help="decoded-clip cache per rank")
     add_training_arguments(parser)
     deepspeed.add_config_arguments(parser)
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     return run_script(args, lambda config, ds_config: train_video_tokenizer(
         config, ds_config, args.manifest, preset=args.preset, size=args.size, num_frames=args.num_frames,
-        fps=args.fps, quantizer=args.quantizer, cache_bytes=int(args.cache_gb * 2**30)), throughput_unit="frames")
+        fps=args.fps, quantizer=args.quantizer, fsq_levels=args.fsq_levels, cache_bytes=int(args.cache_gb * 2**30)), throughput_unit="frames")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tokvid.generator import Generator, generator_config_preset
+from tokvid.pipeline import SamplingSettings, TokVidPipeline, save_pipeline
+from tokvid.shapes import COLOURS, MOTIONS, SHAPES, caption
+from tokvid.text_tokenizer import train_text_tokenizer
+from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """An untrained but complete pipeline directory: enough to test shapes, determinism and errors."""
+    root = tmp_path_factory.mktemp("pipe")
+    torch.manual_seed(0)
+    video = VideoTokenizer(video_tokenizer_preset("tiny"))
+    captions = [caption(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS]
+    text = train_text_tokenizer(captions, root / "text", vocab_size=128, max_length=10)
+    config = generator_config_preset("tiny", codebook_size=video.vocab_size, text_vocab_size=text.vocab_size,
+                                     text_length=text.max_length, dim=32, depth=2, heads=2, window_chunks=4,
+                                     text_pad_id=text.pad_id)
+    save_pipeline(root / "pipe", Generator(config), text, video, fps=8, defaults=SamplingSettings(steps=2))
+    return root / "pipe"
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_pipeline_dir):
+    return TokVidPipeline.from_pretrained(tiny_pipeline_dir)
+
+
+def test_prompt_gives_requested_frames(pipe):
+    for frames in (1, 2, 9, 17, 20):
+        out = pipe("a red circle moves right", num_frames=frames, seed=0)
+        assert out.frames.shape == (frames, 64, 64, 3) and out.frames.dtype == np.uint8
+    assert out.fps == 8
+
+
+def test_story_has_sum_plus_leading_frame_and_is_deterministic(pipe):
+    story = [("a red circle moves right", 8), ("a red circle moves down", 8)]
+    a = pipe.story(story, seed=0)
+    assert a.frames.shape[0] == 17 and a.codes.shape == (5, 8, 8)
+    assert np.array_equal(a.frames, pipe.story(story, seed=0).frames)
+    assert not np.array_equal(a.codes, pipe.story(story, seed=1).codes)
+
+
+def test_story_prompts_reach_their_chunks(pipe, monkeypatch):
+    seen = {}
+
+    def spy(text, **kwargs):
+        seen["text"] = text
+        return torch.zeros((1, kwargs["num_chunks"], 8, 8), dtype=torch.long)
+
+    monkeypatch.setattr(pipe.generator, "generate", spy)
+    pipe.story([("a red circle moves right", 8), ("a red circle moves down", 8)], seed=0)
+    first, second = pipe.text_tokenizer.batch(["a red circle moves right", "a red circle moves down"],
+                                              pipe.generator.config.text_length)
+    text = seen["text"][0]
+    assert text.shape[0] == 5
+    assert all(torch.equal(text[i], first) for i in (0, 1, 2))
+    assert all(torch.equal(text[i], second) for i in (3, 4))
+
+
+def test_prime_frames_continue_a_video(pipe):
+    prime = pipe("a blue square stays still", num_frames=5, seed=3).frames
+    out = pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime)
+    assert out.frames.shape[0] == 5 + 8
+    assert out.codes.shape[0] == 4
+    expected = pipe.video_tokenizer.encode(torch.from_numpy(prime).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    assert torch.equal(out.codes[:2], expected[0])
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: p.story([("", 8)], seed=0),
+    lambda p: p.story([("a red circle moves right", 0)], seed=0),
+    lambda p: p.story([("a red circle moves right", -8)], seed=0),
+    lambda p: p.story([], seed=0),
+    lambda p: p("a red circle moves right", num_frames=0),
+    lambda p: p("", num_frames=9),
+    lambda p: p("a red circle moves right", num_frames=9, steps=0),
+    lambda p: p("a red circle moves right", num_frames=9, cfg_scale=-1),
+    lambda p: p("a red circle moves right", num_frames=9, order="sideways"),
+])
+def test_bad_input_raises_value_error(pipe, call):
+    with pytest.raises(ValueError):
+        call(pipe)
+
+
+def test_save_load_gives_identical_samples(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "again")
+    again = TokVidPipeline.from_pretrained(tmp_path / "again")
+    story = [("a green triangle moves up", 8)]
+    assert np.array_equal(again.story(story, seed=5).frames, pipe.story(story, seed=5).frames)
+    assert again.defaults == pipe.defaults
+
+
+def test_unknown_model_name_raises_value_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        TokVidPipeline.from_pretrained("no-such-model")
+    (tmp_path / "pipeline.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a tokvid pipeline"):
+        TokVidPipeline.from_pretrained(tmp_path)
+
+
+def test_mismatched_parts_are_refused(pipe):
+    other = VideoTokenizer(video_tokenizer_preset("tiny", fsq_levels=(5, 5)))
+    with pytest.raises(ValueError, match="pair the generator"):
+        TokVidPipeline(pipe.generator, pipe.text_tokenizer, other)
+
+
+def run_tokvid(*args, cwd=None):
+    code = "import sys; from tokvid.cli import tokvid_entry; sys.argv = ['tokvid'] + sys.argv[1:]; tokvid_entry()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "v.mp4"
+    result = run_tokvid("generate", "--prompt", "a red circle moves right", "--num-frames", "9", "--out", str(out),
+                        "--model", str(tiny_pipeline_dir), "--quiet")
+    assert result.returncode == 0, result.stderr
+    from tokvid.video_io import read_video
+    assert read_video(out).shape == (9, 64, 64, 3)
+    assert (tmp_path / "v.png").stat().st_size > 0
+    story = tmp_path / "story.json"
+    story.write_text(json.dumps([{"prompt": "a red circle moves right", "frames": 8},
+                                 {"prompt": "a red circle moves up", "frames": 4}]))
+    result = run_tokvid("generate", "--story-file", str(story), "--out", str(tmp_path / "s.gif"),
+                        "--model", str(tiny_pipeline_dir), "--quiet", "--no-sheet")
+    assert result.returncode == 0, result.stderr
+    assert read_video(tmp_path / "s.gif").shape[0] == 13
+    result = run_tokvid("generate", "--story", "a red circle moves right : 1s ; a red circle moves up : 4f",
+                        "--out", str(tmp_path / "i.mp4"), "--model", str(tiny_pipeline_dir), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert read_video(tmp_path / "i.mp4").shape[0] == 13
+
+
+@pytest.mark.parametrize("args", [
+    ["--prompt", "", "--num-frames", "9"],
+    ["--prompt", "a red circle moves right", "--num-frames", "0"],
+    ["--prompt", "a red circle moves right", "--num-frames", "-8"],
+    ["--prompt", "a red circle moves right", "--num-frames", "999999999"],
+    ["--story", "a red circle moves right"],
+    ["--story-file", "MALFORMED"],
+    ["--story-file", "MISSING"],
+    ["--prompt", "a red circle moves right", "--model", "no-such-model"],
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tiny_pipeline_dir, tmp_path, args):
+    (tmp_path / "bad.json").write_text("[{\"prompt\": 1")
+    args = [str(tmp_path / "bad.json") if a == "MALFORMED" else str(tmp_path / "missing.json") if a == "MISSING" else a
+            for a in args]
+    if "--model" not in args:
+        args += ["--model", str(tiny_pipeline_dir)]
+    result = run_tokvid("generate", *args, "--out", str(tmp_path / "x.mp4"), "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
