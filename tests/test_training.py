@@ -21,14 +21,6 @@ from tokvid.training import (COMPLETE_MARKER, TrainingConfig, TrainingStopped, b
 DS_CONFIG = {"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0, "steps_per_print": 1000}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Toy(nn.Module):
     """A linear regressor whose loss adds noise from the step's generator."""
 

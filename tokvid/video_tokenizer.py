@@ -49,9 +49,9 @@ class VideoTokenizerConfig:
     vq_dead_code_threshold: float = 2.0  # VQ: replace codes whose EMA usage falls below this
     vq_sync_codebook: bool = False  # VQ: all-reduce codebook statistics across ranks (set by trainers)
     lfq_entropy_weight: float = 0.1  # LFQ: entropy aux loss weight
-    l1_weight: float = 1.0  # reconstruction loss weights; no downloaded perceptual nets are used
-    l2_weight: float = 1.0
-    gradient_weight: float = 0.5  # L1 on spatial and temporal pixel differences: keeps edges and motion sharp
+    l2_weight: float = 1.0  # MSE: learns small objects' colours fast (measured: 23.3 dB vs 20.3 dB with L1 terms)
+    l1_weight: float = 0.0  # L1 pulls sparse content toward the median (black background): off by default
+    gradient_weight: float = 0.0  # L1 on spatial/temporal pixel differences (sharper edges on dense footage)
     aux_weight: float = 1.0  # weight of the quantizer's own loss (LFQ entropy, VQ commitment)
 
     def __post_init__(self):

@@ -23,9 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/shapes", help="run directory for all stages")
     parser.add_argument("--num-videos", type=int, default=4000, help="shapes-v1 training items")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--tokenizer-steps", type=int, default=700)
+    parser.add_argument("--tokenizer-steps", type=int, default=1200)
     parser.add_argument("--tokenizer-preset", default="small")
-    parser.add_argument("--fsq-levels", default="8,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 1000)")
+    parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
     parser.add_argument("--generator-steps", type=int, default=1000)
     parser.add_argument("--generator-preset", default="small")
     parser.add_argument("--generator-frames", type=int, default=21, help="frames per generator training window")
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     if not (tokenizer / "export" / "model.safetensors").exists():
         run(launcher(args, "train_tokenizer.py") + common + [
             "--manifest", str(data / "manifest.jsonl"), "--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
-            "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels, "--lr", "2e-3", "--warmup-steps", "100",
+            "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels, "--lr", "1e-3", "--warmup-steps", "100",
             "--micro-batch", str(8 // args.ranks), "--num-frames", "9", "--cache-gb", "3", "--save-every", "250"])
     if not (shards / "info.json").exists():
         shutil.rmtree(shards, ignore_errors=True)
