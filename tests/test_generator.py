@@ -378,3 +378,13 @@ def test_bad_inputs_raise_value_error():
         with pytest.raises(ValueError):
             call()
             pytest.fail(f"bad call {number} did not raise")
+
+
+def test_sampling_without_cache_gives_the_same_codes():
+    torch.manual_seed(0)
+    model = Generator(tiny_config(window_chunks=3)).eval()
+    text = torch.randint(4, TEXT_VOCAB, (2, 5, TEXT_LENGTH))
+    kwargs = dict(num_chunks=5, steps=3, cfg_scale=2.0, temperature=1.0)
+    cached = model.generate(text, generator=torch.Generator().manual_seed(7), **kwargs)
+    recomputed = model.generate(text, generator=torch.Generator().manual_seed(7), use_cache=False, **kwargs)
+    assert torch.equal(cached, recomputed)

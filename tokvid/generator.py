@@ -372,7 +372,7 @@ class Generator(nn.Module):
                  temperature: float = 1.0, top_k: int | None = None, negative_text: torch.Tensor | None = None,
                  prime_codes: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  order: str = "confidence", window_chunks: int | None = None, choice_temperature: float = 4.5,
-                 progress: Callable[[int, int], None] | None = None) -> torch.LongTensor:
+                 progress: Callable[[int, int], None] | None = None, use_cache: bool = True) -> torch.LongTensor:
         """Sample codes (B, num_chunks, h, w), one chunk at a time with MaskGIT, past chunks from a KV cache.
 
         text: (B, n, L) per-chunk prompt ids (or (B, L) for one prompt throughout). prime_codes (B,p,h,w)
@@ -381,7 +381,8 @@ class Generator(nn.Module):
         sampling temperature at the first step, annealed linearly to temperature/steps at the last
         (0 = greedy). order: which sampled tokens to keep each step, "confidence" (MaskGIT, with
         choice_temperature-scaled annealed Gumbel noise) or "random". progress(done, total) is called
-        after each chunk.
+        after each chunk. use_cache=False re-runs every past chunk at every step (as Phenaki does): same
+        samples, quadratic time; it exists to measure what the cache saves.
         """
         config = self.config
         text, num_chunks = self._check_generate_text(text, num_chunks, "text")
@@ -407,17 +408,19 @@ class Generator(nn.Module):
         streams = [text] if cfg_scale == 1 else [uncond_text] if cfg_scale == 0 else [text, uncond_text]
         stream_text = torch.cat(streams, dim=0)
         num_streams = len(streams)
-        cache = KVCache(config.depth, window_chunks - 1)
+        cache = KVCache(config.depth, window_chunks - 1) if use_cache else None
 
         chunks = []
         for chunk in range(num_chunks):
             if chunk < num_prime:
                 decided = prime_codes[:, chunk].flatten(1)
             else:
-                decided = self._sample_chunk(chunk, stream_text[:, chunk], cache, num_streams, batch, steps,
-                                             cfg_scale, temperature, top_k, order, choice_temperature, generator)
+                history = None if use_cache or not chunks else torch.stack(chunks, dim=1)
+                decided = self._sample_chunk(chunk, stream_text, cache, num_streams, batch, steps, cfg_scale,
+                                             temperature, top_k, order, choice_temperature, generator,
+                                             history, window_chunks)
             chunks.append(decided)
-            if chunk + 1 < num_chunks and window_chunks > 1:
+            if use_cache and chunk + 1 < num_chunks and window_chunks > 1:
                 # One pass over the decided tokens gives the keys/values later chunks will attend to.
                 _, own_kvs, key_valid = self._chunk_hidden(decided.repeat(num_streams, 1), stream_text[:, chunk],
                                                            chunk, cache)
@@ -426,13 +429,22 @@ class Generator(nn.Module):
                 progress(chunk + 1, num_chunks)
         return torch.stack(chunks, dim=1).view(batch, num_chunks, config.chunk_height, config.chunk_width)
 
-    def _sample_chunk(self, chunk_index, text, cache, num_streams, batch, steps, cfg_scale, temperature, top_k,
-                      order, choice_temperature, generator) -> torch.Tensor:
-        """MaskGIT over one chunk: start fully masked, commit a cosine-scheduled share of tokens each step."""
+    def _sample_chunk(self, chunk_index, stream_text, cache, num_streams, batch, steps, cfg_scale, temperature,
+                      top_k, order, choice_temperature, generator, history=None, window_chunks=None) -> torch.Tensor:
+        """MaskGIT over one chunk: start fully masked, commit a cosine-scheduled share of tokens each step.
+
+        With a cache, past chunks come from it; without one (`cache=None`) the whole prefix (`history`,
+        (B, chunk_index, N) decided tokens) is recomputed at every step."""
         num_tokens = self.config.chunk_tokens
-        tokens = torch.full((batch, num_tokens), self.config.mask_id, dtype=torch.long, device=text.device)
+        tokens = torch.full((batch, num_tokens), self.config.mask_id, dtype=torch.long, device=stream_text.device)
         for step in range(steps):
-            hidden, _, _ = self._chunk_hidden(tokens.repeat(num_streams, 1), text, chunk_index, cache)
+            current = tokens.repeat(num_streams, 1)
+            if cache is not None:
+                hidden, _, _ = self._chunk_hidden(current, stream_text[:, chunk_index], chunk_index, cache)
+            else:
+                sequence = current[:, None] if history is None else torch.cat(
+                    [history.repeat(num_streams, 1, 1), current[:, None]], dim=1)
+                hidden = self._video_hidden(sequence, stream_text[:, :chunk_index + 1], window_chunks)[:, -1]
             logits = self.head(hidden).float()
             if num_streams == 2:
                 cond, uncond = logits.chunk(2, dim=0)
