@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tokvid", "tokvid.*"]),
-    package_data={"tokvid": ["weights/*/*"]},
+    package_data={"tokvid": ["weights/*/*", "weights/*/*/*"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
