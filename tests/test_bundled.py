@@ -64,14 +64,14 @@ def test_bundled_general_tokenizer_is_small_causal_and_reconstructs():
     tok = tokvid.VideoTokenizer.from_pretrained("general")
     assert sum(p.numel() for p in tok.parameters()) <= 5_000_000
     assert (BUNDLED_DIR / "general" / "model.safetensors").stat().st_size <= 20 * 2 ** 20
-    grid = torch.linspace(-1, 1, 64)
-    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
-    x = torch.stack([torch.stack([torch.sin(3 * xx + t / 4), torch.cos(2 * yy - t / 5), xx * yy]) for t in range(9)],
-                    dim=1)[None] * 0.8
+    from tokvid.footage import held_out_clips
+
+    x = torch.tensor(np.stack(held_out_clips(64))).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     codes = tok.encode(x)
     assert torch.equal(tok.encode(x[:, :, :5]), codes[:, :2])
     mse = float(((tok.decode(codes) - x) ** 2).mean())
-    assert 10 * np.log10(4 / mse) > 20  # smooth content is easy: far above an untrained model's ~5 dB
+    # held-out carphone at 0.061 bits/pixel: measured 18.4 dB (the peer's C-ViViT: 13.6 dB, untrained: ~5 dB)
+    assert 10 * np.log10(4 / mse) > 17
 
 
 def test_bundled_weights_stay_small():
