@@ -99,10 +99,8 @@ class TokVidPipeline:
         """One prompt held for the whole video of num_frames frames (the first frame included)."""
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a whole number >= 1, got {num_frames!r}")
-        if num_frames == 1:
-            validate_segments([(prompt, 1)])
-            return self._generate([(prompt, 1)], total_frames=1, seed=seed, **options)
-        return self._generate([(prompt, num_frames - 1)], total_frames=num_frames, seed=seed, **options)
+        segments = validate_segments([(prompt, max(num_frames - 1, 1))])
+        return self._generate(segments, total_frames=num_frames, seed=seed, **options)
 
     def story(self, segments, seed: int = 0, **options) -> VideoOutput:
         """A list of (prompt, frames): each prompt governs its frames; the video has 1 + sum(frames) frames."""
@@ -112,7 +110,7 @@ class TokVidPipeline:
     def _generate(self, segments, total_frames: int, seed: int, negative_prompt: str | None = None,
                   prime_frames: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
                   **overrides) -> VideoOutput:
-        segments = validate_segments(segments)
+        """segments: an already validated story (the public entry points validate it)."""
         settings = SamplingSettings(**{**asdict(self.defaults), **overrides})
         tc = self.video_tokenizer.temporal_compression
         device = next(self.generator.parameters()).device
