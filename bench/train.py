@@ -1,9 +1,10 @@
 """Training throughput and model FLOP utilisation (MFU) of the DeepSpeed trainer.
 
-    python bench/train.py [--models generator tokenizer] [--steps 12] [--out bench/results/train.json]
+    python bench/train.py [--models generator tokenizer] [--generator-presets small base] [--steps 12]
+                          [--out bench/results/train.json]
 
-For a reference generator (preset "small", 64x64 shapes-sized chunks) and tokenizer (preset
-"small", 17x64x64 clips), on synthetic data:
+For reference generators (presets "small" and "base", 64x64 shapes-sized chunks) and a tokenizer
+(preset "small", 17x64x64 clips), on synthetic data:
   - one process x 2 threads, and 2 ranks x 1 thread under `deepspeed --num_gpus 2` (ZeRO-2, gloo);
   - tokens/s (generator) or frames/s (tokenizer): median over the steps after --warmup;
   - MFU = model FLOP/s / fp32 GEMM FLOP/s, timed inside the same processes just before and after
@@ -43,7 +44,7 @@ def _generator_config(params: dict):
 
     grid = SIZE // 8
     chunks = num_chunks_for_frames(NUM_FRAMES, 4)
-    config = generator_config_preset(params.get("preset", "small"), codebook_size=CODEBOOK, text_vocab_size=TEXT_VOCAB,
+    config = generator_config_preset(params["preset"], codebook_size=CODEBOOK, text_vocab_size=TEXT_VOCAB,
                                      text_length=TEXT_LENGTH, chunk_height=grid, chunk_width=grid,
                                      window_chunks=min(4, chunks))
     return config, chunks
@@ -109,7 +110,7 @@ def _setup(params: dict):
         return lambda: Generator(config), RandomTokenChunks(config, chunks), loss, chunk_token_count, "tokens"
     from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
-    config = video_tokenizer_preset(params.get("preset", "small"))
+    config = video_tokenizer_preset(params["preset"])
     return (lambda: VideoTokenizer(config), RandomClips(), lambda model, batch, generator: model.training_loss(batch),
             clip_frame_count, "frames")
 
@@ -143,22 +144,29 @@ def phase_flops(params: dict) -> dict:
     result = {"flops_per_micro_batch": counter.get_total_flops(), "units_per_micro_batch": count_units(batch),
               "unit": unit, "parameters": sum(p.numel() for p in model.parameters())}
     if params["model"] == "generator":
-        result["closed_form_flops"] = generator_closed_form_flops(model, params["micro_batch"], logs["tokens"])
+        _, chunks = _generator_config(params)
+        result["closed_form_flops"] = generator_closed_form_flops(model, params["micro_batch"], chunks, logs["tokens"])
     return result
 
 
-def generator_closed_form_flops(model, batch: int, masked_tokens: float) -> float:
-    """6 x (block matmul params) per position + attention scores/values + output head on masked tokens."""
+def generator_closed_form_flops(model, batch: int, chunks: int, masked_tokens: float) -> float:
+    """6 x (block matmul params) per position + attention scores/values over the allowed keys + output head on
+    masked tokens. With clean_context the training sequence holds a clean copy of chunks 0..t-2 besides the
+    masked chunks (it is work the training method needs, so it counts)."""
     import torch
 
     config = model.config
-    _, chunks = _generator_config({})
-    positions_per_chunk = config.text_length + config.chunk_tokens
+    per_chunk = config.text_length + config.chunk_tokens
+    window = config.window_chunks
+    keys_per_query_chunk = [min(c + 1, window) * per_chunk for c in range(chunks)]  # masked-everywhere layout
+    if config.clean_context:
+        keys_per_query_chunk = ([min(c + 1, window) * per_chunk for c in range(chunks - 1)]  # clean copy
+                                + [(min(c, window - 1) + 1) * per_chunk for c in range(chunks)])  # targets
+    positions = batch * len(keys_per_query_chunk) * per_chunk
+    keys = batch * per_chunk * sum(keys_per_query_chunk)  # query-key pairs
     block_params = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
-    keys = sum(min(c + 1, config.window_chunks) * positions_per_chunk for c in range(chunks)) / chunks
-    positions = batch * chunks * positions_per_chunk
-    attention = 12 * config.depth * config.dim * keys * positions  # QK^T and AV, forward + backward
-    head = 6 * config.dim * config.codebook_size * masked_tokens
+    attention = 12 * config.depth * config.dim * keys  # QK^T and AV, forward + backward
+    head = 6 * config.dim * model.head.out_features * masked_tokens
     return 6 * block_params * positions + attention + head
 
 
@@ -220,18 +228,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["generator", "tokenizer"], choices=("generator", "tokenizer"))
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per training run")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the median")
+    parser.add_argument("--generator-presets", nargs="+", default=["small", "base"], choices=("tiny", "small", "base"),
+                        help="generator sizes to measure")
     parser.add_argument("--generator-batch", type=int, default=4, help="generator micro-batch (global, split by ranks)")
     parser.add_argument("--tokenizer-batch", type=int, default=2, help="tokenizer micro-batch (global, split by ranks)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser.parse_args()
 
 
-def bench_model(script: Path, model: str, global_batch: int, args) -> dict:
-    params = {"model": model, "steps": args.steps, "warmup": args.warmup}
+def bench_model(script: Path, model: str, preset: str, global_batch: int, args) -> dict:
+    params = {"model": model, "preset": preset, "steps": args.steps, "warmup": args.warmup}
     flops = common.run_phase(script, "flops", {**params, "micro_batch": global_batch}, threads=1)
-    if model == "generator":
-        config, chunks = _generator_config({})
-        shape = [global_batch * chunks * (config.text_length + config.chunk_tokens), config.dim, 4 * config.dim]
+    if model == "generator":  # the GEMM of the MLP's first layer over every position of a step
+        config, chunks = _generator_config(params)
+        sequence_chunks = 2 * chunks - 1 if config.clean_context else chunks
+        shape = [global_batch * sequence_chunks * (config.text_length + config.chunk_tokens), config.dim, 4 * config.dim]
     else:  # oneDNN convolutions run near the machine's peak, so compare with a well-shaped square GEMM
         shape = [1024, 1024, 1024]
     single = common.run_phase(script, "train", {**params, "shape": shape, "micro_batch": global_batch}, threads=2)
@@ -239,7 +250,7 @@ def bench_model(script: Path, model: str, global_batch: int, args) -> dict:
     counted_per_unit = flops["flops_per_micro_batch"] / flops["units_per_micro_batch"]
     # FlopCounterMode does not count CPU scaled_dot_product_attention, so the generator uses its closed form.
     flops_per_unit = flops.get("closed_form_flops", flops["flops_per_micro_batch"]) / flops["units_per_micro_batch"]
-    result = {"model": model, "unit": flops["unit"], "parameters": flops["parameters"], "global_batch": global_batch,
+    result = {"model": f"{model} {preset}", "unit": flops["unit"], "parameters": flops["parameters"], "global_batch": global_batch,
               "flops_per_unit": flops_per_unit, "flop_counter_per_unit": counted_per_unit,
               "matmul_shape": shape, "single_matmul_gflops": single["matmul_gflops"],
               "two_ranks_matmul_gflops": pair["matmul_gflops"],
@@ -255,9 +266,11 @@ def main() -> None:
     script = Path(__file__).resolve()
     results = {"run": common.run_info(2), "results": []}
     batches = {"generator": args.generator_batch, "tokenizer": args.tokenizer_batch}
-    for model in args.models:
-        print(f"benchmarking {model} ...", flush=True)
-        results["results"].append(bench_model(script, model, batches[model], args))
+    runs = [("generator", preset) for preset in args.generator_presets] * ("generator" in args.models)
+    runs += [("tokenizer", "small")] * ("tokenizer" in args.models)
+    for model, preset in runs:
+        print(f"benchmarking {model} {preset} ...", flush=True)
+        results["results"].append(bench_model(script, model, preset, batches[model], args))
     rows = [[r["model"], r["parameters"], r["global_batch"], r["flops_per_unit"] / 1e6, r["flop_counter_per_unit"] / 1e6,
              "x".join(map(str, r["matmul_shape"])), r["single_matmul_gflops"], r["single_2_threads_per_s"], r["single_mfu"],
              r["two_ranks_matmul_gflops"], r["two_ranks_per_s"], r["two_ranks_mfu"], r["two_ranks_over_single"]]

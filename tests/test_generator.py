@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import tokvid.generator as generator_module
 from tokvid.generator import Generator, GeneratorConfig, generator_config_preset, maskgit_step
@@ -49,7 +50,8 @@ def seeded(seed: int) -> torch.Generator:
 
 @pytest.mark.parametrize("overrides", [
     dict(codebook_size=1), dict(text_length=1), dict(dim=30, heads=4), dict(dim=36, heads=4),
-    dict(window_chunks=0), dict(text_dropout=1.0), dict(clean_chunk_prob=-0.1), dict(depth=0),
+    dict(window_chunks=0), dict(text_dropout=1.0), dict(clean_context=1), dict(dim=24, heads=2), dict(code_levels=[4, 3]),
+    dict(code_levels=[16, 1]), dict(code_levels=[]), dict(clean_chunk_prob=-0.1), dict(depth=0),
     dict(text_pad_id=2), dict(text_eos_id=TEXT_VOCAB), dict(rope_base=1.0), dict(mlp_ratio=0), dict(dim=32.0),
 ])
 def test_bad_config_raises(overrides):
@@ -126,9 +128,9 @@ def test_pad_text_positions_are_never_keys():
     assert torch.allclose(model(codes, text), base, atol=1e-6)
 
 
-@pytest.mark.parametrize("window", [8, 2, 1])
-def test_cache_equals_recompute(window):
-    model = tiny_model(window_chunks=window)
+@pytest.mark.parametrize("window,code_levels", [(8, None), (2, None), (1, None), (2, [4, 2, 2])])
+def test_cache_equals_recompute(window, code_levels):
+    model = tiny_model(window_chunks=window, code_levels=code_levels)
     codes, text = random_codes(2, 6), random_text(2, 6)
     codes[0, 2, 1] = CODEBOOK
     full = model(codes, text)
@@ -243,8 +245,9 @@ def test_long_generation_past_training_length_with_one_prompt():
 
 # ---- training --------------------------------------------------------------------------------
 
-def test_training_loss_gives_every_parameter_a_finite_gradient():
-    model = tiny_model()
+@pytest.mark.parametrize("overrides", [{}, dict(clean_context=False), dict(code_levels=[2, 8])])
+def test_training_loss_gives_every_parameter_a_finite_gradient(overrides):
+    model = tiny_model(**overrides)
     codes, text = random_codes(4, 3), random_text(4, 3)
     loss, logs = model.training_loss(codes, text, generator=seeded(0))
     loss.backward()
@@ -285,14 +288,74 @@ def test_padding_chunks_get_no_loss_and_no_influence():
     assert 2 <= image_logs["tokens"] <= 2 * HEIGHT * WIDTH
 
 
-def test_text_dropout_uses_the_null_text(monkeypatch):
-    model = tiny_model(text_dropout=0.999)
+@pytest.mark.parametrize("clean_context", [True, False])
+def test_text_dropout_uses_the_null_text(monkeypatch, clean_context):
+    model = tiny_model(text_dropout=0.999, clean_context=clean_context)
     codes, text = random_codes(2, 2), random_text(2, 2)
     seen = []
-    original = model._video_hidden
-    monkeypatch.setattr(model, "_video_hidden", lambda tokens, t, window: seen.append(t) or original(tokens, t, window))
+    original = model.embed.forward
+    monkeypatch.setattr(model.embed, "forward", lambda tokens, t: seen.append(t) or original(tokens, t))
     model.training_loss(codes, text, generator=seeded(0))
-    assert torch.equal(seen[0], model.null_text(2, 2))
+    assert seen and all(torch.equal(t, model.null_text(2, 2)[:, :t.shape[1]]) for t in seen)
+
+
+def test_spatial_rotary_scores_depend_on_relative_position_only():
+    from tokvid.generator import apply_rotary, rotary_cos_sin
+
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(query_at, key_at):
+        (tq, rq, cq), (tk, rk, ck) = query_at, key_at
+        cos, sin = rotary_cos_sin(torch.tensor([tq, tk]), 16, 10000.0, torch.tensor([rq, rk]), torch.tensor([cq, ck]))
+        return float((apply_rotary(q, cos[:1], sin[:1]) * apply_rotary(k, cos[1:], sin[1:])).sum())
+
+    base = score((3, 2, 5), (2, 1, 4))
+    assert math.isclose(base, score((7, 0, 1), (6, -1, 0)), abs_tol=1e-5)  # same offsets elsewhere
+    assert not math.isclose(base, score((3, 2, 5), (2, 1, 5)), abs_tol=1e-3)  # other column offset
+    assert not math.isclose(base, score((3, 2, 5), (2, 2, 4)), abs_tol=1e-3)  # other row offset
+
+
+@pytest.mark.parametrize("window", [2, 3, 8])
+def test_clean_context_training_sees_what_sampling_sees(window):
+    """Chunk c's training logits equal the cache path fed the clean chunks < c and masked chunk c."""
+    model = tiny_model(window_chunks=window)
+    clean, text = random_codes(2, 5), random_text(2, 5)
+    hide = torch.rand(clean.shape, generator=seeded(3)) < 0.5
+    masked = clean.masked_fill(hide, model.config.mask_id)
+    with torch.no_grad():
+        hidden = model._clean_context_hidden(clean.flatten(2), masked.flatten(2), text, window)
+        training_logits = model.head(hidden).view(2, 5, HEIGHT, WIDTH, -1)
+    for chunk in range(5):
+        inputs = torch.cat([clean[:, :chunk], masked[:, chunk:chunk + 1]], dim=1)
+        sampling_logits = model.logits_with_cache(inputs, text[:, :chunk + 1])[:, chunk]
+        assert torch.allclose(training_logits[:, chunk], sampling_logits, atol=1e-5), chunk
+    # ... and the masked-everywhere mode does not (its context is masked too)
+    with torch.no_grad():
+        masked_context = model.head(model._video_hidden(masked.flatten(2), text, window)).view(2, 5, HEIGHT, WIDTH, -1)
+    assert not torch.allclose(masked_context[:, 1:], training_logits[:, 1:], atol=1e-3)
+
+
+def test_digit_head_is_a_normalised_product_of_digit_distributions():
+    """With code_levels, logits are log-probs whose cross-entropy is the digits' summed cross-entropies,
+    and digits follow the FSQ index layout of vector-quantize-pytorch (first level least significant)."""
+    from vector_quantize_pytorch import FSQ
+
+    from tokvid.generator import digit_rows
+
+    levels = [4, 4]
+    codes = torch.arange(16)
+    first_rows = torch.tensor([0, 4])
+    assert torch.equal(digit_rows(levels) - first_rows, FSQ(levels).indices_to_level_indices(codes).long())
+    model = tiny_model(code_levels=levels)
+    hidden = torch.randn(7, model.config.dim)
+    logits = model._logits(hidden)
+    assert logits.shape == (7, CODEBOOK)
+    assert torch.allclose(logits.logsumexp(dim=-1), torch.zeros(7), atol=1e-5)
+    targets = torch.randint(0, CODEBOOK, (7,), generator=seeded(1))
+    loss, predicted = model._cross_entropy(hidden, targets)
+    assert torch.allclose(loss, F.cross_entropy(logits, targets), atol=1e-5)
+    assert torch.equal(predicted, logits.argmax(dim=-1))
+    assert model.head.out_features == sum(levels)  # the head is per digit, not per code
 
 
 def test_tiny_training_run_learns_far_above_chance():
@@ -315,8 +378,9 @@ def test_tiny_training_run_learns_far_above_chance():
 
 # ---- persistence -----------------------------------------------------------------------------
 
-def test_save_load_reproduces_samples(tmp_path):
-    model = tiny_model(window_chunks=2)
+@pytest.mark.parametrize("code_levels", [None, [4, 4]])
+def test_save_load_reproduces_samples(tmp_path, code_levels):
+    model = tiny_model(window_chunks=2, code_levels=code_levels)
     text = random_text(1, 3)
     model.save_pretrained(tmp_path / "gen")
     loaded = Generator.from_pretrained(tmp_path / "gen")

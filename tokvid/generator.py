@@ -51,8 +51,14 @@ class GeneratorConfig:
     mlp_ratio: float = 4.0       # SwiGLU hidden width ~ mlp_ratio*dim*2/3 (same cost as a GELU MLP of mlp_ratio)
     window_chunks: int = 4       # chunks a chunk attends to, itself included; keep <= chunks per training clip
     rope_base: float = 10000.0   # rotary base for the chunk (time) index
+    spatial_rotary: bool = True  # rotary over row and column inside a chunk too (half of each head's pairs; time
+                                 # keeps the other half), so "the token one row up last chunk" is a relative offset
     text_dropout: float = 0.1    # probability a training sample gets the null text (classifier-free guidance)
-    clean_chunk_prob: float = 0.25  # probability a training chunk stays unmasked (clean context, no loss)
+    clean_context: bool = True   # training: masked chunks attend to an unmasked copy of the earlier chunks, as
+                                 # when sampling (the sequence is doubled); False = one sequence, masked everywhere
+    clean_chunk_prob: float = 0.25  # clean_context=False only: probability a chunk stays unmasked (context, no loss)
+    code_levels: list[int] | None = None  # the codes' mixed-radix digits (FSQ levels, first = least significant):
+                                 # embedding and output head per digit, shared across codes; None = one softmax
     text_pad_id: int = PAD_ID    # pad id of the text tokenizer; pad positions are never attended to
     text_bos_id: int = BOS_ID    # bos id; the null text is [bos, eos, pad, ...]
     text_eos_id: int = EOS_ID    # eos id
@@ -77,6 +83,19 @@ class GeneratorConfig:
                              f"({self.text_vocab_size}); take them from the TextTokenizer")
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim ({self.dim}) must split into {self.heads} heads of even width; change dim or heads")
+        if self.code_levels is not None:
+            levels = list(self.code_levels)
+            if not levels or any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in levels) \
+                    or math.prod(levels) != self.codebook_size:
+                raise ValueError(f"code_levels {self.code_levels!r} must be ints >= 2 whose product is codebook_size "
+                                 f"({self.codebook_size}); take them from the video tokenizer's fsq_levels")
+            self.code_levels = levels
+        if not isinstance(self.spatial_rotary, bool):
+            raise ValueError(f"spatial_rotary must be true or false, got {self.spatial_rotary!r}")
+        if self.spatial_rotary and (self.dim // self.heads) % 8:
+            raise ValueError(f"spatial_rotary needs a head width (dim/heads = {self.dim // self.heads}) divisible by 8")
+        if not isinstance(self.clean_context, bool):
+            raise ValueError(f"clean_context must be true or false, got {self.clean_context!r}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not self.rope_base > 1:
@@ -121,10 +140,22 @@ def generator_config_preset(name: str, **overrides) -> GeneratorConfig:
 # Building blocks
 # ---------------------------------------------------------------------------------------------
 
-def rotary_cos_sin(chunk_index: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables (n, head_dim) for per-token chunk indices (n,), in fp32 so large indices stay exact."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=chunk_index.device, dtype=torch.float32) / head_dim)
-    angles = chunk_index.to(torch.float32)[:, None] * inv_freq[None, :]
+def _rotary_angles(positions: torch.Tensor, pairs: int, base: float) -> torch.Tensor:
+    inv_freq = base ** (-torch.arange(pairs, device=positions.device, dtype=torch.float32) / pairs)
+    return positions.to(torch.float32)[:, None] * inv_freq[None, :]
+
+
+def rotary_cos_sin(chunk_index: torch.Tensor, head_dim: int, base: float,
+                   rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (n, head_dim) for per-token chunk indices (n,), in fp32 so large indices stay exact.
+
+    With rows/cols (n,), a quarter of the rotation pairs each go to row and column, half to time."""
+    if rows is None:
+        angles = _rotary_angles(chunk_index, head_dim // 2, base)
+    else:
+        angles = torch.cat([_rotary_angles(chunk_index, head_dim // 4, base),
+                            _rotary_angles(rows, head_dim // 8, base),
+                            _rotary_angles(cols, head_dim // 8, base)], dim=-1)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -192,7 +223,13 @@ class ChunkEmbedding(nn.Module):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.text_pad_id = config.text_pad_id
-        self.video = nn.Embedding(config.codebook_size + 1, config.dim)  # + mask token
+        if config.code_levels is None:
+            self.video = nn.Embedding(config.codebook_size + 1, config.dim)  # + mask token
+        else:  # a code is the sum of its digits' embeddings; the mask token has a row of its own
+            self.video = nn.Embedding(sum(config.code_levels) + 1, config.dim)
+            rows = digit_rows(config.code_levels)
+            mask_rows = torch.full((1, rows.shape[1]), int(rows.max()) + 1)
+            self.register_buffer("video_rows", torch.cat([rows, mask_rows]), persistent=False)
         self.text = nn.Embedding(config.text_vocab_size, config.dim)
         self.video_position = nn.Parameter(torch.randn(config.chunk_tokens, config.dim) * 0.02)
         self.text_position = nn.Parameter(torch.randn(config.text_length, config.dim) * 0.02)
@@ -200,10 +237,24 @@ class ChunkEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,t,N) tokens + (B,t,L) text -> embeddings (B, t*S, D) and key validity (B, t*S), S = L+N."""
         text_part = self.text(text) + self.text_position
-        video_part = self.video(tokens) + self.video_position
+        if hasattr(self, "video_rows"):
+            video_part = self.video(self.video_rows[tokens]).sum(dim=-2) + self.video_position
+        else:
+            video_part = self.video(tokens) + self.video_position
         x = torch.cat([text_part, video_part], dim=2).flatten(1, 2)
         key_valid = torch.cat([text != self.text_pad_id, torch.ones_like(tokens, dtype=torch.bool)], dim=2)
         return x, key_valid.flatten(1, 2)
+
+
+def digit_rows(levels: list[int]) -> torch.Tensor:
+    """(prod(levels), len(levels)) long: for every code, the row of each of its digits in a table that
+    stacks the digits of level 0, then level 1, ... (sum(levels) rows)."""
+    codes = torch.arange(math.prod(levels))
+    rows, basis, offset = [], 1, 0
+    for size in levels:
+        rows.append(offset + (codes // basis) % size)
+        basis, offset = basis * size, offset + size
+    return torch.stack(rows, dim=1)
 
 
 class KVCache:
@@ -247,7 +298,11 @@ class Generator(nn.Module):
         self.embed = ChunkEmbedding(config)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.out_norm = nn.RMSNorm(config.dim)
-        self.head = nn.Linear(config.dim, config.codebook_size, bias=False)
+        # Per-digit logits when the codes have digits: log p(code) = sum of the digits' log-probs.
+        head_width = config.codebook_size if config.code_levels is None else sum(config.code_levels)
+        self.head = nn.Linear(config.dim, head_width, bias=False)
+        if config.code_levels is not None:
+            self.register_buffer("code_rows", digit_rows(config.code_levels), persistent=False)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
@@ -265,6 +320,21 @@ class Generator(nn.Module):
         null[0], null[1] = config.text_bos_id, config.text_eos_id
         return null.expand(batch_size, num_chunks, -1).clone()
 
+    def _rotary(self, chunk_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary tables for a sequence laid out chunk by chunk as [text block | video tokens], given
+        each token's chunk index. Text sits at row 0, column 0 (only its time rotates)."""
+        config = self.config
+        head_dim = config.dim // config.heads
+        if not config.spatial_rotary:
+            return rotary_cos_sin(chunk_index, head_dim, config.rope_base)
+        per_chunk = config.text_length + config.chunk_tokens
+        slot = torch.arange(chunk_index.shape[0], device=chunk_index.device) % per_chunk - config.text_length
+        video_slot = slot.clamp(min=0)
+        is_video = slot >= 0
+        rows = torch.where(is_video, video_slot // config.chunk_width, 0)
+        cols = torch.where(is_video, video_slot % config.chunk_width, 0)
+        return rotary_cos_sin(chunk_index, head_dim, config.rope_base, rows, cols)
+
     def _video_hidden(self, tokens: torch.Tensor, text: torch.Tensor, window_chunks: int) -> torch.Tensor:
         """Full recompute with the block-causal windowed mask: (B,t,N) + (B,t,L) -> normed (B,t,N,D)."""
         batch, chunks, num_tokens = tokens.shape
@@ -274,10 +344,38 @@ class Generator(nn.Module):
         offset = chunk_index[:, None] - chunk_index[None, :]
         allowed = (offset >= 0) & (offset < window_chunks)
         mask = (allowed[None] & key_valid[:, None, :])[:, None]  # (B, 1, queries, keys)
-        cos, sin = rotary_cos_sin(chunk_index, self.config.dim // self.config.heads, self.config.rope_base)
+        cos, sin = self._rotary(chunk_index)
         for block in self.blocks:
             x, _ = block(x, cos, sin, mask)
         x = x.view(batch, chunks, per_chunk, -1)[:, :, self.config.text_length:]
+        return self.out_norm(x)
+
+    def _clean_context_hidden(self, clean: torch.Tensor, masked: torch.Tensor, text: torch.Tensor,
+                              window_chunks: int) -> torch.Tensor:
+        """Training pass where chunk c's masked tokens see the *clean* chunks c-W+1..c-1 plus their own chunk,
+        exactly what sampling sees through the KV cache: (B,t,N) clean + (B,t,N) masked -> (B,t,N,D).
+
+        The sequence is [clean chunks 0..t-2 | masked chunks 0..t-1] (the last clean chunk is nobody's context).
+        """
+        batch, chunks, num_tokens = masked.shape
+        per_chunk = self.config.text_length + num_tokens
+        clean_x, clean_valid = self.embed(clean[:, :-1], text[:, :-1])
+        masked_x, masked_valid = self.embed(masked, text)
+        x = torch.cat([clean_x, masked_x], dim=1)
+        key_valid = torch.cat([clean_valid, masked_valid], dim=1)
+        chunk_index = torch.cat([torch.arange(chunks - 1, device=x.device),
+                                 torch.arange(chunks, device=x.device)]).repeat_interleave(per_chunk)
+        is_target = torch.arange(2 * chunks - 1, device=x.device).repeat_interleave(per_chunk) >= chunks - 1
+        offset = chunk_index[:, None] - chunk_index[None, :]
+        clean_to_clean = ~is_target[:, None] & ~is_target[None, :] & (offset >= 0) & (offset < window_chunks)
+        target_to_clean = is_target[:, None] & ~is_target[None, :] & (offset >= 1) & (offset < window_chunks)
+        target_to_itself = is_target[:, None] & is_target[None, :] & (offset == 0)
+        allowed = clean_to_clean | target_to_clean | target_to_itself
+        mask = (allowed[None] & key_valid[:, None, :])[:, None]
+        cos, sin = self._rotary(chunk_index)
+        for block in self.blocks:
+            x, _ = block(x, cos, sin, mask)
+        x = x[:, (chunks - 1) * per_chunk:].reshape(batch, chunks, per_chunk, -1)[:, :, self.config.text_length:]
         return self.out_norm(x)
 
     def _chunk_hidden(self, tokens: torch.Tensor, text: torch.Tensor, chunk_index: int, cache: KVCache):
@@ -286,12 +384,35 @@ class Generator(nn.Module):
         keys_valid = key_valid if cache.key_valid is None else torch.cat([cache.key_valid, key_valid], dim=1)
         mask = keys_valid[:, None, None, :]  # every query of the chunk sees the same keys
         positions = torch.full((x.shape[1],), chunk_index, device=x.device)
-        cos, sin = rotary_cos_sin(positions, self.config.dim // self.config.heads, self.config.rope_base)
+        cos, sin = self._rotary(positions)
         own_kvs = []
         for layer, block in enumerate(self.blocks):
             x, own_kv = block(x, cos, sin, mask, cache.past(layer))
             own_kvs.append(own_kv)
         return self.out_norm(x[:, self.config.text_length:]), own_kvs, key_valid
+
+    def _digit_log_probs(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """Per-digit log-probabilities [(..., levels[i])] of hidden states (..., D)."""
+        return [part.log_softmax(dim=-1) for part in self.head(hidden).float().split(self.config.code_levels, dim=-1)]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the codebook (..., codebook_size) in fp32."""
+        if self.config.code_levels is None:
+            return self.head(hidden).float()
+        digit_log_probs = torch.cat(self._digit_log_probs(hidden), dim=-1)
+        return sum(digit_log_probs[..., self.code_rows[:, i]] for i in range(len(self.config.code_levels)))
+
+    def _cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy of (n, D) hidden states against (n,) codes, and the argmax codes."""
+        if self.config.code_levels is None:
+            logits = self._logits(hidden)
+            return F.cross_entropy(logits, targets), logits.argmax(dim=-1)
+        # Per digit: the product distribution's cross-entropy is the sum of the digits' cross-entropies.
+        loss, predicted, basis = 0.0, torch.zeros_like(targets), 1
+        for size, log_probs in zip(self.config.code_levels, self._digit_log_probs(hidden)):
+            loss = loss + F.nll_loss(log_probs, (targets // basis) % size)
+            predicted, basis = predicted + log_probs.argmax(dim=-1) * basis, basis * size
+        return loss, predicted
 
     # ---- public passes -----------------------------------------------------------------------
 
@@ -301,7 +422,7 @@ class Generator(nn.Module):
         self._check_text(text, "text", tokens.shape[:2])
         batch, chunks, height, width = tokens.shape
         hidden = self._video_hidden(tokens.flatten(2), text, self.config.window_chunks)
-        return self.head(hidden).view(batch, chunks, height, width, -1)
+        return self._logits(hidden).view(batch, chunks, height, width, -1)
 
     @torch.no_grad()
     def logits_with_cache(self, tokens: torch.Tensor, text: torch.Tensor,
@@ -316,7 +437,7 @@ class Generator(nn.Module):
         for chunk in range(chunks):
             hidden, own_kvs, key_valid = self._chunk_hidden(tokens[:, chunk].flatten(1), text[:, chunk], chunk, cache)
             cache.append(own_kvs, key_valid)
-            logits.append(self.head(hidden).view(batch, height, width, -1))
+            logits.append(self._logits(hidden).view(batch, height, width, -1))
         return torch.stack(logits, dim=1)
 
     def training_loss(self, codes: torch.Tensor, text: torch.Tensor, chunk_valid: torch.Tensor | None = None,
@@ -340,6 +461,8 @@ class Generator(nn.Module):
         mask_ratio = torch.cos(math.pi / 2 * _uniform((batch, chunks), generator, device))
         num_masked = (mask_ratio * num_tokens).ceil().clamp(1, num_tokens)
         clean = _uniform((batch, chunks), generator, device) < config.clean_chunk_prob
+        if config.clean_context:  # every chunk is a target; its context is the clean copy
+            clean = torch.zeros_like(clean)
         order = _uniform((batch, chunks, num_tokens), generator, device).argsort(dim=-1).argsort(dim=-1)
         drop_text = _uniform((batch,), generator, device) < config.text_dropout
         masked = (order < num_masked[..., None]) & (chunk_valid & ~clean)[..., None]
@@ -348,7 +471,11 @@ class Generator(nn.Module):
         # Trailing padding chunks cannot influence earlier chunks (causal), so skip computing them.
         used_chunks = int(chunk_valid.any(dim=0).nonzero().max()) + 1
         inputs = tokens.masked_fill(masked, config.mask_id)[:, :used_chunks]
-        hidden = self._video_hidden(inputs, text[:, :used_chunks], config.window_chunks)
+        if config.clean_context:
+            hidden = self._clean_context_hidden(tokens[:, :used_chunks], inputs, text[:, :used_chunks],
+                                                config.window_chunks)
+        else:
+            hidden = self._video_hidden(inputs, text[:, :used_chunks], config.window_chunks)
         selected = masked[:, :used_chunks]
         num_selected = int(selected.sum())
         if num_selected == 0:  # every chunk drawn clean: contribute nothing, but still run the head so that
@@ -356,10 +483,9 @@ class Generator(nn.Module):
             loss = self.head(hidden[:, :1]).sum() * 0.0
             accuracy = 0.0
         else:
-            logits = self.head(hidden[selected]).float()
             targets = tokens[:, :used_chunks][selected]
-            loss = F.cross_entropy(logits, targets)
-            accuracy = float((logits.argmax(dim=-1) == targets).float().mean())
+            loss, predicted = self._cross_entropy(hidden[selected], targets)
+            accuracy = float((predicted == targets).float().mean())
         valid_tokens = int(chunk_valid.sum()) * num_tokens
         logs = {"loss": float(loss.detach()), "masked_accuracy": accuracy,
                 "mask_ratio": num_selected / valid_tokens, "tokens": float(num_selected)}
@@ -445,7 +571,7 @@ class Generator(nn.Module):
                 sequence = current[:, None] if history is None else torch.cat(
                     [history.repeat(num_streams, 1, 1), current[:, None]], dim=1)
                 hidden = self._video_hidden(sequence, stream_text[:, :chunk_index + 1], window_chunks)[:, -1]
-            logits = self.head(hidden).float()
+            logits = self._logits(hidden)
             if num_streams == 2:
                 cond, uncond = logits.chunk(2, dim=0)
                 logits = uncond + cfg_scale * (cond - uncond)

@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer-steps", type=int, default=1200)
     parser.add_argument("--tokenizer-preset", default="small")
     parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
-    parser.add_argument("--generator-steps", type=int, default=1000)
+    parser.add_argument("--generator-steps", type=int, default=1250)
     parser.add_argument("--generator-preset", default="small")
     parser.add_argument("--generator-frames", type=int, default=21, help="frames per generator training window")
     parser.add_argument("--ranks", type=int, default=1, help="processes under the deepspeed launcher")
