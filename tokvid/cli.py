@@ -94,7 +94,7 @@ def generate_main(argv=None) -> None:
         bar.refresh()
 
     common = dict(seed=args.seed, negative_prompt=args.negative_prompt, prime_frames=prime,
-                  progress=progress if bar else None, **options)
+                  progress=progress if bar is not None else None, **options)
     if story is not None:
         result = pipe.story(story, **common)
     else:
