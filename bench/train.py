@@ -158,10 +158,11 @@ def generator_closed_form_flops(model, batch: int, chunks: int, masked_tokens: f
     config = model.config
     per_chunk = config.text_length + config.chunk_tokens
     window = config.window_chunks
-    keys_per_query_chunk = [min(c + 1, window) * per_chunk for c in range(chunks)]  # masked-everywhere layout
     if config.clean_context:
         keys_per_query_chunk = ([min(c + 1, window) * per_chunk for c in range(chunks - 1)]  # clean copy
                                 + [(min(c, window - 1) + 1) * per_chunk for c in range(chunks)])  # targets
+    else:  # one sequence, masked everywhere
+        keys_per_query_chunk = [min(c + 1, window) * per_chunk for c in range(chunks)]
     positions = batch * len(keys_per_query_chunk) * per_chunk
     keys = batch * per_chunk * sum(keys_per_query_chunk)  # query-key pairs
     block_params = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))

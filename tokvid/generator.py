@@ -337,18 +337,25 @@ class Generator(nn.Module):
 
     def _video_hidden(self, tokens: torch.Tensor, text: torch.Tensor, window_chunks: int) -> torch.Tensor:
         """Full recompute with the block-causal windowed mask: (B,t,N) + (B,t,L) -> normed (B,t,N,D)."""
-        batch, chunks, num_tokens = tokens.shape
+        _, chunks, num_tokens = tokens.shape
         per_chunk = self.config.text_length + num_tokens
         x, key_valid = self.embed(tokens, text)
         chunk_index = torch.arange(chunks, device=x.device).repeat_interleave(per_chunk)
         offset = chunk_index[:, None] - chunk_index[None, :]
         allowed = (offset >= 0) & (offset < window_chunks)
+        return self._attend(x, key_valid, chunk_index, allowed, chunks)
+
+    def _attend(self, x: torch.Tensor, key_valid: torch.Tensor, chunk_index: torch.Tensor, allowed: torch.Tensor,
+                output_chunks: int) -> torch.Tensor:
+        """The blocks over a whole sequence (B, positions, D) with an (positions, positions) attention pattern;
+        returns the normed video states of its last output_chunks chunks, (B, output_chunks, N, D)."""
         mask = (allowed[None] & key_valid[:, None, :])[:, None]  # (B, 1, queries, keys)
         cos, sin = self._rotary(chunk_index)
         for block in self.blocks:
             x, _ = block(x, cos, sin, mask)
-        x = x.view(batch, chunks, per_chunk, -1)[:, :, self.config.text_length:]
-        return self.out_norm(x)
+        per_chunk = self.config.text_length + self.config.chunk_tokens
+        x = x[:, x.shape[1] - output_chunks * per_chunk:].unflatten(1, (output_chunks, per_chunk))
+        return self.out_norm(x[:, :, self.config.text_length:])
 
     def _clean_context_hidden(self, clean: torch.Tensor, masked: torch.Tensor, text: torch.Tensor,
                               window_chunks: int) -> torch.Tensor:
@@ -357,7 +364,7 @@ class Generator(nn.Module):
 
         The sequence is [clean chunks 0..t-2 | masked chunks 0..t-1] (the last clean chunk is nobody's context).
         """
-        batch, chunks, num_tokens = masked.shape
+        _, chunks, num_tokens = masked.shape
         per_chunk = self.config.text_length + num_tokens
         clean_x, clean_valid = self.embed(clean[:, :-1], text[:, :-1])
         masked_x, masked_valid = self.embed(masked, text)
@@ -371,12 +378,7 @@ class Generator(nn.Module):
         target_to_clean = is_target[:, None] & ~is_target[None, :] & (offset >= 1) & (offset < window_chunks)
         target_to_itself = is_target[:, None] & is_target[None, :] & (offset == 0)
         allowed = clean_to_clean | target_to_clean | target_to_itself
-        mask = (allowed[None] & key_valid[:, None, :])[:, None]
-        cos, sin = self._rotary(chunk_index)
-        for block in self.blocks:
-            x, _ = block(x, cos, sin, mask)
-        x = x[:, (chunks - 1) * per_chunk:].reshape(batch, chunks, per_chunk, -1)[:, :, self.config.text_length:]
-        return self.out_norm(x)
+        return self._attend(x, key_valid, chunk_index, allowed, chunks)
 
     def _chunk_hidden(self, tokens: torch.Tensor, text: torch.Tensor, chunk_index: int, cache: KVCache):
         """One chunk through the cache path: (B,N) + (B,L) -> normed video hidden (B,N,D), own k/v, key validity."""
