@@ -51,7 +51,8 @@ def seeded(seed: int) -> torch.Generator:
 @pytest.mark.parametrize("overrides", [
     dict(codebook_size=1), dict(text_length=1), dict(dim=30, heads=4), dict(dim=36, heads=4),
     dict(window_chunks=0), dict(text_dropout=1.0), dict(clean_context=1), dict(dim=24, heads=2), dict(code_levels=[4, 3]),
-    dict(code_levels=[16, 1]), dict(code_levels=[]), dict(clean_chunk_prob=-0.1), dict(depth=0),
+    dict(code_levels=[16, 1]), dict(code_levels=[]), dict(digit_head=True), dict(code_levels=[4, 4], digit_head=1),
+    dict(clean_chunk_prob=-0.1), dict(depth=0),
     dict(text_pad_id=2), dict(text_eos_id=TEXT_VOCAB), dict(rope_base=1.0), dict(mlp_ratio=0), dict(dim=32.0),
 ])
 def test_bad_config_raises(overrides):
@@ -128,9 +129,10 @@ def test_pad_text_positions_are_never_keys():
     assert torch.allclose(model(codes, text), base, atol=1e-6)
 
 
-@pytest.mark.parametrize("window,code_levels", [(8, None), (2, None), (1, None), (2, [4, 2, 2])])
-def test_cache_equals_recompute(window, code_levels):
-    model = tiny_model(window_chunks=window, code_levels=code_levels)
+@pytest.mark.parametrize("window,heads", [(8, {}), (2, {}), (1, {}), (2, dict(code_levels=[4, 2, 2])),
+                                          (2, dict(code_levels=[4, 2, 2], digit_head=True))])
+def test_cache_equals_recompute(window, heads):
+    model = tiny_model(window_chunks=window, **heads)
     codes, text = random_codes(2, 6), random_text(2, 6)
     codes[0, 2, 1] = CODEBOOK
     full = model(codes, text)
@@ -245,7 +247,8 @@ def test_long_generation_past_training_length_with_one_prompt():
 
 # ---- training --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [{}, dict(clean_context=False), dict(code_levels=[2, 8])])
+@pytest.mark.parametrize("overrides", [{}, dict(clean_context=False), dict(code_levels=[2, 8]),
+                                       dict(code_levels=[2, 8], digit_head=True)])
 def test_training_loss_gives_every_parameter_a_finite_gradient(overrides):
     model = tiny_model(**overrides)
     codes, text = random_codes(4, 3), random_text(4, 3)
@@ -336,7 +339,7 @@ def test_clean_context_training_sees_what_sampling_sees(window):
 
 
 def test_digit_head_is_a_normalised_product_of_digit_distributions():
-    """With code_levels, logits are log-probs whose cross-entropy is the digits' summed cross-entropies,
+    """With a digit head, logits are log-probs whose cross-entropy is the digits' summed cross-entropies,
     and digits follow the FSQ index layout of vector-quantize-pytorch (first level least significant)."""
     from vector_quantize_pytorch import FSQ
 
@@ -346,7 +349,7 @@ def test_digit_head_is_a_normalised_product_of_digit_distributions():
     codes = torch.arange(16)
     first_rows = torch.tensor([0, 4])
     assert torch.equal(digit_rows(levels) - first_rows, FSQ(levels).indices_to_level_indices(codes).long())
-    model = tiny_model(code_levels=levels)
+    model = tiny_model(code_levels=levels, digit_head=True)
     hidden = torch.randn(7, model.config.dim)
     logits = model._logits(hidden)
     assert logits.shape == (7, CODEBOOK)
@@ -356,6 +359,7 @@ def test_digit_head_is_a_normalised_product_of_digit_distributions():
     assert torch.allclose(loss, F.cross_entropy(logits, targets), atol=1e-5)
     assert torch.equal(predicted, logits.argmax(dim=-1))
     assert model.head.out_features == sum(levels)  # the head is per digit, not per code
+    assert tiny_model(code_levels=levels).head.out_features == CODEBOOK  # digit embedding, one softmax
 
 
 def test_tiny_training_run_learns_far_above_chance():
@@ -378,9 +382,9 @@ def test_tiny_training_run_learns_far_above_chance():
 
 # ---- persistence -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("code_levels", [None, [4, 4]])
-def test_save_load_reproduces_samples(tmp_path, code_levels):
-    model = tiny_model(window_chunks=2, code_levels=code_levels)
+@pytest.mark.parametrize("heads", [{}, dict(code_levels=[4, 4]), dict(code_levels=[4, 4], digit_head=True)])
+def test_save_load_reproduces_samples(tmp_path, heads):
+    model = tiny_model(window_chunks=2, **heads)
     text = random_text(1, 3)
     model.save_pretrained(tmp_path / "gen")
     loaded = Generator.from_pretrained(tmp_path / "gen")

@@ -58,7 +58,10 @@ class GeneratorConfig:
                                  # when sampling (the sequence is doubled); False = one sequence, masked everywhere
     clean_chunk_prob: float = 0.25  # clean_context=False only: probability a chunk stays unmasked (context, no loss)
     code_levels: list[int] | None = None  # the codes' mixed-radix digits (FSQ levels, first = least significant):
-                                 # embedding and output head per digit, shared across codes; None = one softmax
+                                 # a code's embedding is the sum of its digits' (shared across codes); None = one
+                                 # embedding row per code
+    digit_head: bool = False     # with code_levels: predict each digit independently (a smaller head, but the
+                                 # product cannot say which digits go together); False = one softmax over codes
     text_pad_id: int = PAD_ID    # pad id of the text tokenizer; pad positions are never attended to
     text_bos_id: int = BOS_ID    # bos id; the null text is [bos, eos, pad, ...]
     text_eos_id: int = EOS_ID    # eos id
@@ -90,6 +93,10 @@ class GeneratorConfig:
                 raise ValueError(f"code_levels {self.code_levels!r} must be ints >= 2 whose product is codebook_size "
                                  f"({self.codebook_size}); take them from the video tokenizer's fsq_levels")
             self.code_levels = levels
+        if not isinstance(self.digit_head, bool):
+            raise ValueError(f"digit_head must be true or false, got {self.digit_head!r}")
+        if self.digit_head and self.code_levels is None:
+            raise ValueError("digit_head needs code_levels (the video tokenizer's fsq_levels)")
         if not isinstance(self.spatial_rotary, bool):
             raise ValueError(f"spatial_rotary must be true or false, got {self.spatial_rotary!r}")
         if self.spatial_rotary and (self.dim // self.heads) % 8:
@@ -223,7 +230,8 @@ class ChunkEmbedding(nn.Module):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.text_pad_id = config.text_pad_id
-        if config.code_levels is None:
+        self.by_digits = config.code_levels is not None
+        if not self.by_digits:
             self.video = nn.Embedding(config.codebook_size + 1, config.dim)  # + mask token
         else:  # a code is the sum of its digits' embeddings; the mask token has a row of its own
             self.video = nn.Embedding(sum(config.code_levels) + 1, config.dim)
@@ -237,7 +245,7 @@ class ChunkEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,t,N) tokens + (B,t,L) text -> embeddings (B, t*S, D) and key validity (B, t*S), S = L+N."""
         text_part = self.text(text) + self.text_position
-        if hasattr(self, "video_rows"):
+        if self.by_digits:
             video_part = self.video(self.video_rows[tokens]).sum(dim=-2) + self.video_position
         else:
             video_part = self.video(tokens) + self.video_position
@@ -298,10 +306,10 @@ class Generator(nn.Module):
         self.embed = ChunkEmbedding(config)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.out_norm = nn.RMSNorm(config.dim)
-        # Per-digit logits when the codes have digits: log p(code) = sum of the digits' log-probs.
-        head_width = config.codebook_size if config.code_levels is None else sum(config.code_levels)
+        # A digit head gives per-digit logits: log p(code) = sum of the digits' log-probs.
+        head_width = sum(config.code_levels) if config.digit_head else config.codebook_size
         self.head = nn.Linear(config.dim, head_width, bias=False)
-        if config.code_levels is not None:
+        if config.digit_head:
             self.register_buffer("code_rows", digit_rows(config.code_levels), persistent=False)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -399,14 +407,14 @@ class Generator(nn.Module):
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the codebook (..., codebook_size) in fp32."""
-        if self.config.code_levels is None:
+        if not self.config.digit_head:
             return self.head(hidden).float()
         digit_log_probs = torch.cat(self._digit_log_probs(hidden), dim=-1)
         return sum(digit_log_probs[..., self.code_rows[:, i]] for i in range(len(self.config.code_levels)))
 
     def _cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy of (n, D) hidden states against (n,) codes, and the argmax codes."""
-        if self.config.code_levels is None:
+        if not self.config.digit_head:
             logits = self._logits(hidden)
             return F.cross_entropy(logits, targets), logits.argmax(dim=-1)
         # Per digit: the product distribution's cross-entropy is the sum of the digits' cross-entropies.
@@ -462,9 +470,10 @@ class Generator(nn.Module):
 
         mask_ratio = torch.cos(math.pi / 2 * _uniform((batch, chunks), generator, device))
         num_masked = (mask_ratio * num_tokens).ceil().clamp(1, num_tokens)
-        clean = _uniform((batch, chunks), generator, device) < config.clean_chunk_prob
         if config.clean_context:  # every chunk is a target; its context is the clean copy
-            clean = torch.zeros_like(clean)
+            clean = torch.zeros(batch, chunks, dtype=torch.bool, device=device)
+        else:
+            clean = _uniform((batch, chunks), generator, device) < config.clean_chunk_prob
         order = _uniform((batch, chunks, num_tokens), generator, device).argsort(dim=-1).argsort(dim=-1)
         drop_text = _uniform((batch,), generator, device) < config.text_dropout
         masked = (order < num_masked[..., None]) & (chunk_valid & ~clean)[..., None]

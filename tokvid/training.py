@@ -863,7 +863,8 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
         text_length=text_model.max_length, chunk_height=height, chunk_width=width,
         window_chunks=min(window_chunks, max_chunks), text_pad_id=text_model.pad_id,
         text_bos_id=text_model.bos_id, text_eos_id=text_model.eos_id,
-        # FSQ codes are digit tuples: a per-digit head shares what it learns across neighbouring codes
+        # FSQ codes are digit tuples: embedding them by digits shares what is learnt across neighbouring codes
+        # (the output stays one softmax over codes, which can say which digits go together)
         code_levels=list(video_model.config.fsq_levels) if video_model.config.quantizer == "fsq" else None)
     dataset = TokenChunkDataset(shards, text_model, max_chunks)
 
