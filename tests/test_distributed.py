@@ -187,7 +187,24 @@ def test_generator_trains_on_two_ranks_and_exports_a_pipeline(work, zero3_resume
     engine_model = Generator(pipe.generator.config)
     engine_model.load_state_dict({k.removeprefix("model."): v for k, v in engine_state.items()})
     config = pipe.generator.config
+    assert config.digit_head and config.code_levels == list(pipe.video_tokenizer.config.fsq_levels)  # FSQ default
     tokens = torch.randint(0, config.codebook_size, (1, 3, config.chunk_height, config.chunk_width))
     text = pipe.text_tokenizer.batch(["a red circle"] * 3, config.text_length)[None]
     with torch.no_grad():
         assert torch.equal(pipe.generator(tokens, text), engine_model.eval()(tokens, text))
+
+
+def test_digit_head_on_a_vq_tokenizer_is_a_one_line_error(work):
+    from tokvid.encoding import encode_videos
+    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+
+    torch.manual_seed(0)
+    VideoTokenizer(video_tokenizer_preset("tiny", quantizer="vq")).save_pretrained(work / "vq_untrained")
+    shards = work / "vq_shards"
+    encode_videos(work / "vq_untrained", shards, manifest=work / "data" / "manifest.jsonl", size=32, skip_bad=True)
+    args = ["--data", str(shards), "--out", str(work / "vq_generator"), "--preset", "tiny", "--num-frames", "9",
+            "--max-steps", "1", "--head", "digits", "--text-vocab-size", "40"]
+    result = launch("train_generator.py", args, 1, work)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--head codes" in errors[0] and "Traceback" not in result.stderr

@@ -250,3 +250,18 @@ def test_activation_checkpointing_keeps_outputs_and_gradients():
         outputs.append((out, [p.grad for p in model.parameters()]))
     assert torch.allclose(outputs[0][0], outputs[1][0])
     assert all(torch.allclose(a, b) for a, b in zip(outputs[0][1], outputs[1][1]))
+
+
+@pytest.mark.parametrize("flags", [["--ranks", "3"], ["--ranks", "2", "--generator-batch", "5"], ["--ranks", "0"]])
+def test_recipe_rejects_ranks_that_do_not_split_the_batches(tmp_path, flags, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "train" / "recipe_shapes.py"
+    spec = importlib.util.spec_from_file_location("recipe_shapes", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.main(["--out", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2 and "must divide" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing started

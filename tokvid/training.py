@@ -828,8 +828,11 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
 def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: str | Path, preset: str = "small",
                           num_frames: int = 17, text_tokenizer: str | Path | None = None,
                           video_tokenizer: str | Path | None = None, text_vocab_size: int = 256,
-                          text_length: int = 16, window_chunks: int = 4) -> TrainingResult:
+                          text_length: int = 16, window_chunks: int = 4, digit_head: bool | None = None) -> TrainingResult:
     """Train a Generator on token shards; exports a pipeline directory (generator, both tokenizers).
+
+    digit_head predicts an FSQ code's digits independently instead of one softmax over codes
+    (GeneratorConfig.digit_head); None = a digit head exactly when the video tokenizer is FSQ.
 
     Without `text_tokenizer`, one is trained on the shards' prompts into RUN/text_tokenizer.
     `video_tokenizer` (default: the name recorded in the shards) goes into the exported pipeline.
@@ -850,6 +853,13 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     except ValueError as error:
         raise ValueError(f"{error}; pass --video-tokenizer with the tokenizer that made {shards_dir}") from None
     shards.check_tokenizer(video_model)
+    fsq = video_model.config.quantizer == "fsq"
+    if digit_head and not fsq:
+        raise ValueError(f"a digit head needs an FSQ video tokenizer; {tokenizer_name} uses "
+                         f"{video_model.config.quantizer!r}: train with --head codes")
+    # Measured on shapes-v1 (README design notes): the digit head learns colour and motion within the CPU
+    # budget where one softmax over all codes still draws only background.
+    digit_head = fsq if digit_head is None else digit_head
     text_dir = Path(text_tokenizer) if text_tokenizer else Path(config.out_dir) / "text_tokenizer"
     if not text_tokenizer and rank == 0 and not (text_dir / "config.json").is_file():
         train_text_tokenizer(manifest_captions(shards.meta), text_dir, vocab_size=text_vocab_size,
@@ -864,8 +874,7 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
         window_chunks=min(window_chunks, max_chunks), text_pad_id=text_model.pad_id,
         text_bos_id=text_model.bos_id, text_eos_id=text_model.eos_id,
         # FSQ codes are digit tuples: embedding them by digits shares what is learnt across neighbouring codes
-        # (the output stays one softmax over codes, which can say which digits go together)
-        code_levels=list(video_model.config.fsq_levels) if video_model.config.quantizer == "fsq" else None)
+        code_levels=list(video_model.config.fsq_levels) if fsq else None, digit_head=digit_head)
     dataset = TokenChunkDataset(shards, text_model, max_chunks)
 
     def loss(model: nn.Module, batch: dict, generator: torch.Generator):

@@ -28,11 +28,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
     parser.add_argument("--generator-steps", type=int, default=1250)
     parser.add_argument("--generator-preset", default="small")
+    parser.add_argument("--generator-batch", type=int, default=12, help="clips per generator step, split across ranks")
     parser.add_argument("--generator-frames", type=int, default=21, help="frames per generator training window")
     parser.add_argument("--ranks", type=int, default=1, help="processes under the deepspeed launcher")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per rank")
     parser.add_argument("--install", action="store_true", help="copy the exported pipeline into tokvid/weights/shapes")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.ranks < 1 or 8 % args.ranks or args.generator_batch % args.ranks:
+        parser.error(f"--ranks {args.ranks} must divide the tokenizer batch (8) and --generator-batch "
+                     f"({args.generator_batch})")
+    return args
 
 
 def run(command: list[str]) -> None:
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
         run(launcher(args, "train_generator.py") + common + [
             "--data", str(shards), "--text-tokenizer", str(text), "--video-tokenizer", str(tokenizer / "export"),
             "--out", str(generator), "--max-steps", str(args.generator_steps), "--preset", args.generator_preset,
-            "--lr", "1e-3", "--warmup-steps", "100", "--micro-batch", str(12 // args.ranks),
+            "--lr", "1e-3", "--warmup-steps", "100", "--micro-batch", str(args.generator_batch // args.ranks),
             "--num-frames", str(args.generator_frames), "--window-chunks", "6", "--save-every", "250"])
     if args.install:
         target = REPO / "tokvid" / "weights" / "shapes"

@@ -24,6 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text-vocab-size", type=int, default=256, help="vocabulary of a newly trained text tokenizer")
     parser.add_argument("--text-length", type=int, default=16, help="prompt ids per chunk of a new text tokenizer")
     parser.add_argument("--window-chunks", type=int, default=4, help="chunks each chunk attends to (itself included)")
+    parser.add_argument("--head", choices=["digits", "codes"], default=None,
+                        help="output head: one softmax per FSQ digit (default for FSQ tokenizers) or one softmax "
+                             "over all codes (default otherwise)")
     add_training_arguments(parser)
     deepspeed.add_config_arguments(parser)
     return parser.parse_args(argv)
@@ -34,7 +37,8 @@ def main(argv=None) -> int:
     return run_script(args, lambda config, ds_config: train_token_generator(
         config, ds_config, args.data, preset=args.preset, num_frames=args.num_frames,
         text_tokenizer=args.text_tokenizer, video_tokenizer=args.video_tokenizer,
-        text_vocab_size=args.text_vocab_size, text_length=args.text_length, window_chunks=args.window_chunks),
+        text_vocab_size=args.text_vocab_size, text_length=args.text_length, window_chunks=args.window_chunks,
+        digit_head=None if args.head is None else args.head == "digits"),
         throughput_unit="tokens")
 
 
