@@ -828,7 +828,8 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
 def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: str | Path, preset: str = "small",
                           num_frames: int = 17, text_tokenizer: str | Path | None = None,
                           video_tokenizer: str | Path | None = None, text_vocab_size: int = 256,
-                          text_length: int = 16, window_chunks: int = 4, digit_head: bool | None = None) -> TrainingResult:
+                          text_length: int = 16, window_chunks: int = 4,
+                          digit_head: bool | None = None) -> TrainingResult:
     """Train a Generator on token shards; exports a pipeline directory (generator, both tokenizers).
 
     digit_head predicts an FSQ code's digits independently instead of one softmax over codes

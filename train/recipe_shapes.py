@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,9 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per rank")
     parser.add_argument("--install", action="store_true", help="copy the exported pipeline into tokvid/weights/shapes")
     args = parser.parse_args(argv)
-    if args.ranks < 1 or 8 % args.ranks or args.generator_batch % args.ranks:
-        parser.error(f"--ranks {args.ranks} must divide the tokenizer batch (8) and --generator-batch "
-                     f"({args.generator_batch})")
+    if args.ranks < 1 or TOKENIZER_BATCH % args.ranks or args.generator_batch % args.ranks:
+        parser.error(f"--ranks {args.ranks} must divide the tokenizer batch ({TOKENIZER_BATCH}) and "
+                     f"--generator-batch ({args.generator_batch})")
     return args
 
 
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
         run(launcher(args, "train_tokenizer.py") + common + [
             "--manifest", str(data / "manifest.jsonl"), "--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
             "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels, "--lr", "1e-3", "--warmup-steps", "100",
-            "--micro-batch", str(8 // args.ranks), "--num-frames", "9", "--cache-gb", "3", "--save-every", "250"])
+            "--micro-batch", str(TOKENIZER_BATCH // args.ranks), "--num-frames", "9", "--cache-gb", "3",
+            "--save-every", "250"])
     if not (shards / "info.json").exists():
         shutil.rmtree(shards, ignore_errors=True)
         run(["tokvid-encode", "--tokenizer", str(tokenizer / "export"), "--manifest", str(data / "manifest.jsonl"),
