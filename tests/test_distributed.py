@@ -194,6 +194,25 @@ def test_generator_trains_on_two_ranks_and_exports_a_pipeline(work, zero3_resume
         assert torch.equal(pipe.generator(tokens, text), engine_model.eval()(tokens, text))
 
 
+def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configuration(work):
+    from tokvid.pipeline import TokVidPipeline
+
+    start = work / "generator" / "export"
+    if not (start / "pipeline.json").is_file():
+        pytest.skip("needs the pipeline of test_generator_trains_on_two_ranks_and_exports_a_pipeline")
+    common = ["--data", str(work / "shards"), "--text-tokenizer", str(start / "text_tokenizer"), "--preset", "tiny",
+              "--num-frames", "9", "--max-steps", "1", "--seed", "1", "--micro-batch", "2", "--init-from", str(start)]
+    assert_ok(launch("train_generator.py", common + ["--out", str(work / "finetune"), "--lr", "1e-9"], 1, work))
+    before = TokVidPipeline.from_pretrained(start).generator.state_dict()
+    after = TokVidPipeline.from_pretrained(work / "finetune" / "export").generator.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[name], after[name], atol=1e-6) for name in before)  # lr ~0: unchanged
+    result = launch("train_generator.py", common + ["--out", str(work / "finetune_other"), "--window-chunks", "2"],
+                    1, work)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 2 and len(errors) == 1 and "window_chunks" in errors[0], result.stderr[-2000:]
+
+
 def test_digit_head_on_a_vq_tokenizer_is_a_one_line_error(work):
     from tokvid.encoding import encode_videos
     from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset

@@ -829,11 +829,14 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
                           num_frames: int = 17, text_tokenizer: str | Path | None = None,
                           video_tokenizer: str | Path | None = None, text_vocab_size: int = 256,
                           text_length: int = 16, window_chunks: int = 4,
-                          digit_head: bool | None = None) -> TrainingResult:
+                          digit_head: bool | None = None, init_from: str | Path | None = None) -> TrainingResult:
     """Train a Generator on token shards; exports a pipeline directory (generator, both tokenizers).
 
     digit_head predicts an FSQ code's digits independently instead of one softmax over codes
     (GeneratorConfig.digit_head); None = a digit head exactly when the video tokenizer is FSQ.
+
+    init_from (a generator or pipeline directory) starts from trained weights instead of random ones
+    (fine-tuning, e.g. with a lower --lr); the model this run builds must have the same configuration.
 
     Without `text_tokenizer`, one is trained on the shards' prompts into RUN/text_tokenizer.
     `video_tokenizer` (default: the name recorded in the shards) goes into the exported pipeline.
@@ -877,6 +880,13 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
         # FSQ codes are digit tuples: embedding them by digits shares what is learnt across neighbouring codes
         code_levels=list(video_model.config.fsq_levels) if fsq else None, digit_head=digit_head)
     dataset = TokenChunkDataset(shards, text_model, max_chunks)
+    start_weights = None if init_from is None else _fine_tuning_weights(init_from, model_config)
+
+    def build_model() -> Generator:
+        model = Generator(model_config)
+        if start_weights is not None:
+            model.load_state_dict(start_weights)
+        return model
 
     def loss(model: nn.Module, batch: dict, generator: torch.Generator):
         return model.training_loss(batch["codes"], batch["text"], batch["chunk_valid"], generator=generator)
@@ -884,6 +894,23 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     def export(model: nn.Module, directory: Path) -> None:
         save_pipeline(directory, model, text_model, video_model, fps=shards.info.get("fps") or 8.0)
 
-    return run_training(config, ds_config, lambda: Generator(model_config), dataset, loss, chunk_token_count,
+    return run_training(config, ds_config, build_model, dataset, loss, chunk_token_count,
                         export, run_info={"model_config": asdict(model_config), "shards": str(shards_dir),
+                                          "init_from": None if init_from is None else str(init_from),
                                           "text_tokenizer": str(text_dir), "video_tokenizer": str(tokenizer_name)})
+
+
+def _fine_tuning_weights(source: str | Path, model_config) -> dict[str, torch.Tensor]:
+    """The weights of the generator in `source` (a generator or pipeline directory), checked against the
+    configuration this run builds."""
+    from tokvid.generator import Generator
+
+    directory = Path(source)
+    start = Generator.from_pretrained(directory / "generator" if (directory / "generator").is_dir() else directory)
+    ours, theirs = asdict(model_config), asdict(start.config)
+    different = sorted(key for key in ours if ours[key] != theirs[key])
+    if different:
+        raise ValueError(f"--init-from {source}: its generator differs from the one this run builds in "
+                         f"{different}; use the preset, --num-frames, --window-chunks, --head and tokenizers it was "
+                         "trained with")
+    return start.state_dict()

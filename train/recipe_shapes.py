@@ -1,5 +1,6 @@
 """Reproduce the bundled default model end to end: shapes-v1 data -> text tokenizer -> video
-tokenizer -> token shards -> generator -> pipeline directory (-> tokvid/weights/shapes with --install).
+tokenizer -> token shards -> generator -> fine-tuned generator -> pipeline directory (-> tokvid/weights/shapes
+with --install).
 
     DS_ACCELERATOR=cpu nohup python train/recipe_shapes.py --out runs/shapes --install > recipe.log 2>&1 &
 
@@ -9,6 +10,7 @@ same command resumes: finished stages are skipped and training stages continue f
 complete checkpoint (--resume auto).
 """
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +19,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
+# the bundle's sampling defaults: the best row of `bench/eval_shapes.py --sweep` (README), set on --install
+SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 3.0, "temperature": 0.5}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,13 +35,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--generator-preset", default="small")
     parser.add_argument("--generator-batch", type=int, default=12, help="clips per generator step, split across ranks")
     parser.add_argument("--generator-frames", type=int, default=21, help="frames per generator training window")
-    parser.add_argument("--ranks", type=int, default=1, help="processes under the deepspeed launcher")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per rank")
+    parser.add_argument("--finetune-steps", type=int, default=1000,
+                        help="a second generator stage from the first one's weights at --finetune-lr (0: none)")
+    parser.add_argument("--finetune-lr", type=float, default=3e-4)
+    parser.add_argument("--finetune-batch", type=int, default=8, help="clips per fine-tuning step, split across ranks")
+    parser.add_argument("--finetune-ranks", type=int, default=2, help="fine-tuning processes (deepspeed launcher)")
+    parser.add_argument("--tokenizer-ranks", type=int, default=1, help="video tokenizer processes (deepspeed launcher)")
+    parser.add_argument("--generator-ranks", type=int, default=1, help="generator processes (deepspeed launcher)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / ranks)")
     parser.add_argument("--install", action="store_true", help="copy the exported pipeline into tokvid/weights/shapes")
     args = parser.parse_args(argv)
-    if args.ranks < 1 or TOKENIZER_BATCH % args.ranks or args.generator_batch % args.ranks:
-        parser.error(f"--ranks {args.ranks} must divide the tokenizer batch ({TOKENIZER_BATCH}) and "
-                     f"--generator-batch ({args.generator_batch})")
+    for stage, ranks, batch in (("tokenizer", args.tokenizer_ranks, TOKENIZER_BATCH),
+                                ("generator", args.generator_ranks, args.generator_batch),
+                                ("finetune", args.finetune_ranks, args.finetune_batch)):
+        if ranks < 1 or batch % ranks:
+            parser.error(f"--{stage}-ranks {ranks} must divide the {stage} batch ({batch})")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     return args
 
 
@@ -46,10 +60,13 @@ def run(command: list[str]) -> None:
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def launcher(args, script: str) -> list[str]:
-    if args.ranks == 1:
-        return [sys.executable, str(REPO / "train" / script)]
-    return ["deepspeed", "--num_gpus", str(args.ranks), str(REPO / "train" / script)]
+def launcher(args, script: str, ranks: int, seed: int) -> list[str]:
+    threads = args.threads or max(1, (os.cpu_count() or 1) // ranks)
+    options = ["--deepspeed_config", str(REPO / "ds_config.json"), "--seed", str(seed), "--resume", "auto",
+               "--threads", str(threads)]
+    if ranks == 1:
+        return [sys.executable, str(REPO / "train" / script), *options]
+    return ["deepspeed", "--num_gpus", str(ranks), str(REPO / "train" / script), *options]
 
 
 def main(argv=None) -> int:
@@ -58,33 +75,43 @@ def main(argv=None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     data, text, tokenizer, shards, generator = (out / name for name in
                                                 ("data", "text_tokenizer", "video_tokenizer", "shards", "generator"))
-    common = ["--deepspeed_config", str(REPO / "ds_config.json"), "--seed", str(args.seed), "--resume", "auto",
-              "--threads", str(args.threads)]
     if not (data / "manifest.jsonl").exists():
         run(["tokvid-data", "shapes", "--out", str(data), "--num-videos", str(args.num_videos), "--seed", str(args.seed)])
     if not (text / "config.json").exists():
         run([sys.executable, str(REPO / "tokenizer" / "train_text_tokenizer.py"), "--manifest", str(data / "manifest.jsonl"),
              "--out", str(text), "--vocab-size", "128", "--max-length", "8", "--seed", str(args.seed)])
     if not (tokenizer / "export" / "model.safetensors").exists():
-        run(launcher(args, "train_tokenizer.py") + common + [
+        run(launcher(args, "train_tokenizer.py", args.tokenizer_ranks, args.seed) + [
             "--manifest", str(data / "manifest.jsonl"), "--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
             "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels, "--lr", "1e-3", "--warmup-steps", "100",
-            "--micro-batch", str(TOKENIZER_BATCH // args.ranks), "--num-frames", "9", "--cache-gb", "3",
+            "--micro-batch", str(TOKENIZER_BATCH // args.tokenizer_ranks), "--num-frames", "9", "--cache-gb", "3",
             "--save-every", "250"])
     if not (shards / "info.json").exists():
         shutil.rmtree(shards, ignore_errors=True)
         run(["tokvid-encode", "--tokenizer", str(tokenizer / "export"), "--manifest", str(data / "manifest.jsonl"),
              "--out", str(shards), "--quiet"])
+    generator_options = ["--data", str(shards), "--text-tokenizer", str(text), "--video-tokenizer",
+                         str(tokenizer / "export"), "--preset", args.generator_preset, "--num-frames",
+                         str(args.generator_frames), "--window-chunks", "6", "--save-every", "250"]
     if not (generator / "export" / "pipeline.json").exists():
-        run(launcher(args, "train_generator.py") + common + [
-            "--data", str(shards), "--text-tokenizer", str(text), "--video-tokenizer", str(tokenizer / "export"),
-            "--out", str(generator), "--max-steps", str(args.generator_steps), "--preset", args.generator_preset,
-            "--lr", "1e-3", "--warmup-steps", "100", "--micro-batch", str(args.generator_batch // args.ranks),
-            "--num-frames", str(args.generator_frames), "--window-chunks", "6", "--save-every", "250"])
+        run(launcher(args, "train_generator.py", args.generator_ranks, args.seed) + generator_options + [
+            "--out", str(generator), "--max-steps", str(args.generator_steps), "--lr", "1e-3", "--warmup-steps", "100",
+            "--micro-batch", str(args.generator_batch // args.generator_ranks)])
+    final = generator
+    if args.finetune_steps > 0:
+        final = out / "generator_finetune"
+        if not (final / "export" / "pipeline.json").exists():  # a new seed: other clips, masks and text dropout
+            run(launcher(args, "train_generator.py", args.finetune_ranks, args.seed + 1) + generator_options + [
+                "--out", str(final), "--init-from", str(generator / "export"), "--max-steps", str(args.finetune_steps),
+                "--lr", str(args.finetune_lr), "--warmup-steps", "50",
+                "--micro-batch", str(args.finetune_batch // args.finetune_ranks)])
     if args.install:
         target = REPO / "tokvid" / "weights" / "shapes"
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(generator / "export", target)
+        shutil.copytree(final / "export", target)
+        settings = json.loads((target / "pipeline.json").read_text())
+        settings["defaults"].update(SAMPLING_DEFAULTS)
+        (target / "pipeline.json").write_text(json.dumps(settings, indent=2) + "\n")
         print(f"installed the pipeline into {target}")
     return 0
 

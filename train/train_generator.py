@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--head", choices=["digits", "codes"], default=None,
                         help="output head: one softmax per FSQ digit (default for FSQ tokenizers) or one softmax "
                              "over all codes (default otherwise)")
+    parser.add_argument("--init-from", default=None,
+                        help="generator or pipeline directory to start from (fine-tuning; same configuration)")
     add_training_arguments(parser)
     deepspeed.add_config_arguments(parser)
     return parser.parse_args(argv)
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
         config, ds_config, args.data, preset=args.preset, num_frames=args.num_frames,
         text_tokenizer=args.text_tokenizer, video_tokenizer=args.video_tokenizer,
         text_vocab_size=args.text_vocab_size, text_length=args.text_length, window_chunks=args.window_chunks,
-        digit_head=None if args.head is None else args.head == "digits"),
+        digit_head=None if args.head is None else args.head == "digits", init_from=args.init_from),
         throughput_unit="tokens")
 
 
