@@ -252,9 +252,11 @@ def test_activation_checkpointing_keeps_outputs_and_gradients():
     assert all(torch.allclose(a, b) for a, b in zip(outputs[0][1], outputs[1][1]))
 
 
-@pytest.mark.parametrize("flags", [["--tokenizer-ranks", "3"], ["--generator-ranks", "2", "--generator-batch", "5"],
-                                   ["--generator-ranks", "0"], ["--threads", "0"]])
-def test_recipe_rejects_ranks_that_do_not_split_the_batches(tmp_path, flags, capsys):
+@pytest.mark.parametrize("flags,message", [
+    (["--tokenizer-ranks", "3"], "must divide"), (["--generator-ranks", "2", "--generator-batch", "5"], "must divide"),
+    (["--finetune-ranks", "3"], "must divide"), (["--generator-ranks", "0"], "must divide"),
+    (["--threads", "0"], "must be >= 1")])
+def test_recipe_rejects_ranks_that_do_not_split_the_batches(tmp_path, flags, message, capsys):
     import importlib.util
     from pathlib import Path
 
@@ -264,5 +266,5 @@ def test_recipe_rejects_ranks_that_do_not_split_the_batches(tmp_path, flags, cap
     spec.loader.exec_module(recipe)
     with pytest.raises(SystemExit) as exit_info:
         recipe.main(["--out", str(tmp_path / "run"), *flags])
-    assert exit_info.value.code == 2 and "must " in capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing started

@@ -10,7 +10,6 @@ same command resumes: finished stages are skipped and training stages continue f
 complete checkpoint (--resume auto).
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -69,6 +68,17 @@ def launcher(args, script: str, ranks: int, seed: int) -> list[str]:
     return ["deepspeed", "--num_gpus", str(ranks), str(REPO / "train" / script), *options]
 
 
+def install(exported: Path, target: Path) -> None:
+    """Save the exported pipeline into `target` with the bundle's sampling defaults."""
+    from dataclasses import replace
+
+    from tokvid.pipeline import TokVidPipeline
+
+    pipeline = TokVidPipeline.from_pretrained(exported)
+    pipeline.defaults = replace(pipeline.defaults, **SAMPLING_DEFAULTS)
+    pipeline.save_pretrained(target)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -108,10 +118,7 @@ def main(argv=None) -> int:
     if args.install:
         target = REPO / "tokvid" / "weights" / "shapes"
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(final / "export", target)
-        settings = json.loads((target / "pipeline.json").read_text())
-        settings["defaults"].update(SAMPLING_DEFAULTS)
-        (target / "pipeline.json").write_text(json.dumps(settings, indent=2) + "\n")
+        install(final / "export", target)
         print(f"installed the pipeline into {target}")
     return 0
 
