@@ -71,8 +71,9 @@ def test_bundled_general_tokenizer_is_small_causal_and_reconstructs():
     codes = tok.encode(x)
     assert torch.equal(tok.encode(x[:, :, :5]), codes[:, :2])
     mse = float(((tok.decode(codes) - x) ** 2).mean())
-    # held-out carphone at 0.061 bits/pixel: measured 18.4 dB (the peer's C-ViViT: 13.6 dB, untrained: ~5 dB)
-    assert 10 * np.log10(4 / mse) > 17
+    # held-out carphone at 0.061 bits/pixel: measured 21.4 dB (the 600-step weights before: 18.4 dB;
+    # the peer's C-ViViT after 30 min: 13.6 dB; untrained: ~5 dB)
+    assert 10 * np.log10(4 / mse) > 20.5
 
 
 def test_bundled_weights_stay_small():
