@@ -266,8 +266,8 @@ def report(results: dict) -> None:
                          peer["codebook_usage"], peer["perplexity"]])
         for label, key in (("ours, 30 min trained (quoted)", "ours_trained_30_min"),
                            ("peer C-ViViT, 30 min trained (from research notes)", "peer_trained_from_notes")):
-            quoted = results.get(key)
-            if quoted is not None and size == quoted["size"]:
+            quoted = results[key]
+            if size == quoted["size"]:
                 rows.append([label, quoted["bits_per_pixel"], quoted["psnr_db"], quoted["ssim"], None, None])
         for row in results["h264"].get(str(size), []):
             rows.append([f"H.264 crf {row['crf']} (yuv444p, veryslow)", row["bits_per_pixel"], row["psnr_db"],
