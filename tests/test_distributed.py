@@ -5,6 +5,7 @@ Few launches, many checks each (every launch costs seconds of start-up):
   tokenizer, 2 ranks, ZeRO-2                                   -> parity with single
   tokenizer, 2 ranks, ZeRO-3, SIGKILLed inside its step-8 save -> previous checkpoint intact (torchrun)
   the same, --resume auto                                      -> exact resume, parity, export (torchrun)
+  tokenizer decoder fine-tuned from the single run's export   -> the same codes, a new decoder
   tokenizer with a VQ codebook, 2 ranks fed different data     -> codebooks equal on both ranks (torchrun)
   generator on shards encoded by that export, 2 ranks, ZeRO-3  -> pipeline export reproduces the engine
 All tokenizer runs meet a corrupt video and inject a NaN loss (step 3) and a NaN gradient (step 6).
@@ -143,6 +144,27 @@ def test_tokenizer_export_reproduces_the_engine(work, zero3_resumed):
     with torch.no_grad():
         assert torch.equal(exported.encode(x), engine_model.eval().encode(x))
         assert torch.equal(exported(x)[0], engine_model(x)[0])
+
+
+def test_decoder_fine_tuning_through_the_script_keeps_the_codes(work, single):
+    from tokvid.video_tokenizer import VideoTokenizer
+
+    start = work / "single" / "export"
+    common = ["--manifest", str(work / "data" / "manifest.jsonl"), "--preset", "tiny", "--num-frames", "5",
+              "--size", "32", "--max-steps", "3", "--micro-batch", "2", "--lr", "1e-2", "--init-from", str(start)]
+    assert_ok(launch("train_tokenizer.py", common + ["--out", str(work / "decoder"), "--decoder-only"], 1, work))
+    before, after = VideoTokenizer.from_pretrained(start), VideoTokenizer.from_pretrained(work / "decoder" / "export")
+    x = torch.rand(2, 3, 9, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(before.encode(x), after.encode(x)) and before.codes_fingerprint() == after.codes_fingerprint()
+        assert not torch.equal(before(x)[0], after(x)[0])  # the decoder did train
+    refusals = [(common + ["--out", str(work / "other_preset"), "--quantizer", "lfq"], "quantizer"),
+                ([arg for arg in common if arg != str(start) and arg != "--init-from"]
+                 + ["--out", str(work / "no_start"), "--decoder-only"], "--decoder-only needs --init-from")]
+    for args, message in refusals:
+        result = launch("train_tokenizer.py", args, 1, work)
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr[-2000:]
 
 
 def test_vq_codebooks_stay_equal_across_ranks(work):

@@ -68,6 +68,24 @@ def test_decoding_with_another_tokenizer_fails_clearly(saved_tokenizers, manifes
     assert code == 2 and "made by tokenizer" in err and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_a_decoder_fine_tuned_for_the_same_codes_decodes_them(saved_tokenizers, manifest, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    encode_main(["--tokenizer", str(saved_tokenizers[0]), "--manifest", str(manifest), "--out", str(shards), "--quiet"])
+    sharper = VideoTokenizer.from_pretrained(saved_tokenizers[0])
+    with torch.no_grad():  # stands in for decoder fine-tuning: other decoder weights, the same encoder
+        for parameter in sharper.frame_decoder.parameters():
+            parameter.add_(0.01)
+    sharper.save_pretrained(tmp_path / "sharper")
+    decode = ["--tokenizer", str(tmp_path / "sharper"), "--shards", str(shards), "--quiet", "--out"]
+    assert run_cli(decode_main, decode + [str(tmp_path / "x")], prog="tokvid-decode") == 0
+    # shards written before codes fingerprints existed still require the exact tokenizer
+    info = json.loads((shards / "info.json").read_text())
+    del info["tokenizer"]["codes_fingerprint"]
+    (shards / "info.json").write_text(json.dumps(info))
+    assert run_cli(decode_main, decode + [str(tmp_path / "y")], prog="tokvid-decode") == 2
+    assert "made by tokenizer" in capsys.readouterr().err
+
+
 def test_corrupt_video_stops_or_is_skipped(saved_tokenizers, manifest, tmp_path, capsys):
     bad = manifest.parent / "bad.mp4"
     bad.write_bytes(b"not a video")

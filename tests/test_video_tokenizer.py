@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tokvid.video_tokenizer import VideoTokenizer, VideoTokenizerConfig, video_tokenizer_preset
+from tokvid.video_tokenizer import ENCODER_MODULES, VideoTokenizer, VideoTokenizerConfig, video_tokenizer_preset
 
 
 def tiny(**overrides) -> VideoTokenizer:
@@ -155,3 +155,31 @@ def test_tiny_training_lowers_the_loss():
         optimizer.step()
         losses.append(float(loss))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_decoder_fine_tuning_keeps_every_code_and_the_fingerprint():
+    torch.manual_seed(0)
+    # a VQ codebook is an EMA buffer updated in training mode: freezing must stop that as well
+    tok = VideoTokenizer(video_tokenizer_preset("tiny", quantizer="vq", codebook_size=32, vq_codebook_dim=4)).train()
+    clip = random_video(9, batch=2)
+    tok.training_loss(clip)  # kmeans-initialise the codebook before taking the reference
+    codes, fingerprint, codes_fingerprint = tok.eval().encode(clip), tok.fingerprint(), tok.codes_fingerprint()
+    encoder_before = {k: v.clone() for k, v in tok.state_dict().items() if k.split(".")[0] in ENCODER_MODULES}
+    decoder_before = {k: v.clone() for k, v in tok.state_dict().items() if k not in encoder_before}
+    tok.freeze_encoder()
+    tok.train()
+    optimizer = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss, _ = tok.training_loss(random_video(9, batch=2))
+        optimizer.zero_grad()
+        loss.backward()
+        for name, parameter in tok.named_parameters():
+            trained = name.split(".")[0] not in ENCODER_MODULES
+            assert (parameter.grad is not None) == trained, name
+        optimizer.step()
+    state = tok.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in encoder_before.items())
+    assert all(not torch.equal(state[k], v) for k, v in decoder_before.items() if v.is_floating_point() and v.ndim > 1)
+    assert torch.equal(tok.eval().encode(clip), codes) and tok.codes_fingerprint() == codes_fingerprint
+    assert tok.fingerprint() != fingerprint  # not the same tokenizer, but the same codes
+    assert VideoTokenizer(tok.config).codes_fingerprint() != codes_fingerprint  # another encoder, other codes

@@ -1,6 +1,6 @@
 """Token shards: video codes on disk, decodable without the source videos.
 
-A shard directory holds `info.json` (which tokenizer made the codes: name, fingerprint, config,
+A shard directory holds `info.json` (which tokenizer made the codes: name, fingerprints, config,
 vocabulary, grid, compression) and numbered pairs `shard-00000.npz` (codes of many items
 concatenated along time, uint16 when the vocabulary fits, plus per-item lengths) and
 `shard-00000.jsonl` (one metadata line per item: caption or story, frames, fps, source).
@@ -20,7 +20,8 @@ SHARD_FORMAT = "tokvid-shards-v1"
 
 def tokenizer_info(tokenizer, name: str) -> dict:
     """What a shard directory records about the tokenizer that wrote it."""
-    return {"name": str(name), "fingerprint": tokenizer.fingerprint(), "config": asdict(tokenizer.config),
+    return {"name": str(name), "fingerprint": tokenizer.fingerprint(),
+            "codes_fingerprint": tokenizer.codes_fingerprint(), "config": asdict(tokenizer.config),
             "vocab_size": tokenizer.vocab_size, "temporal_compression": tokenizer.temporal_compression,
             "spatial_compression": tokenizer.spatial_compression}
 
@@ -118,8 +119,14 @@ class TokenShards:
         return (self[i] for i in range(len(self)))
 
     def check_tokenizer(self, tokenizer) -> None:
-        """Refuse to decode these codes with a tokenizer other than the one that made them."""
+        """Refuse to decode these codes with a tokenizer that does not make them (the one that made them,
+        or one whose decoder alone was fine-tuned from it, may)."""
         made_by = self.info["tokenizer"]
-        if made_by["fingerprint"] != tokenizer.fingerprint():
+        if "codes_fingerprint" in made_by:
+            same_codes = made_by["codes_fingerprint"] == tokenizer.codes_fingerprint()
+        else:  # shards written before codes fingerprints: only the exact tokenizer
+            same_codes = made_by["fingerprint"] == tokenizer.fingerprint()
+        if not same_codes:
             raise ValueError(f"shards in {self.directory} were made by tokenizer {made_by['name']!r} "
-                             f"(fingerprint {made_by['fingerprint']}); decode them with that tokenizer")
+                             f"(fingerprint {made_by['fingerprint']}); decode them with that tokenizer or a decoder "
+                             "fine-tuned from it")

@@ -797,10 +797,19 @@ def _as_float(value: Any) -> float | None:
 def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str | Path, preset: str = "small",
                           size: int = 64, num_frames: int = 17, fps: float | None = None,
                           quantizer: str | None = None, fsq_levels: str | None = None,
-                          cache_bytes: int = 1 << 30) -> TrainingResult:
-    """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors."""
+                          cache_bytes: int = 1 << 30, init_from: str | Path | None = None,
+                          decoder_only: bool = False) -> TrainingResult:
+    """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors.
+
+    init_from (a tokenizer directory or bundled name) starts from trained weights; the model this run
+    builds must have the same configuration. decoder_only (needs init_from) trains the decoder alone:
+    the codes stay exactly those of init_from, so its token shards and generators remain valid.
+    """
     from tokvid.datasets import ClipDataset, clip_frame_count
     from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+
+    if decoder_only and init_from is None:
+        raise ValueError("--decoder-only needs --init-from: it fine-tunes the decoder of a trained tokenizer")
 
     overrides = {} if quantizer is None else {"quantizer": quantizer}
     if fsq_levels:
@@ -820,9 +829,30 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
         standalone.load_state_dict(model.state_dict())
         standalone.save_pretrained(directory)
 
-    return run_training(config, ds_config, lambda: VideoTokenizer(model_config), dataset,
+    start_weights = None if init_from is None else _tokenizer_start_weights(init_from, model_config)
+
+    def build_model() -> VideoTokenizer:
+        model = VideoTokenizer(model_config)
+        if start_weights is not None:
+            model.load_state_dict(start_weights)
+        if decoder_only:
+            model.freeze_encoder()
+        return model
+
+    return run_training(config, ds_config, build_model, dataset,
                         lambda model, batch, generator: model.training_loss(batch), clip_frame_count, export,
-                        run_info={"model_config": asdict(model_config), "manifest": str(manifest)})
+                        run_info={"model_config": asdict(model_config), "manifest": str(manifest),
+                                  "init_from": None if init_from is None else str(init_from),
+                                  "decoder_only": decoder_only})
+
+
+def _tokenizer_start_weights(source: str | Path, model_config) -> dict[str, torch.Tensor]:
+    """The weights of the video tokenizer `source` (a directory or bundled name), checked against the
+    configuration this run builds (trainers set vq_sync_codebook, exports clear it)."""
+    from tokvid.video_tokenizer import VideoTokenizer
+
+    return _checked_start_weights(VideoTokenizer.from_pretrained(source), source, model_config, "tokenizer",
+                                  "the --preset, --quantizer and --fsq-levels", ignore=("vq_sync_codebook",))
 
 
 def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: str | Path, preset: str = "small",
@@ -907,10 +937,16 @@ def _fine_tuning_weights(source: str | Path, model_config) -> dict[str, torch.Te
 
     directory = Path(source)
     start = Generator.from_pretrained(directory / "generator" if (directory / "generator").is_dir() else directory)
+    return _checked_start_weights(start, source, model_config, "generator",
+                                  "the preset, --num-frames, --window-chunks, --head and tokenizers")
+
+
+def _checked_start_weights(start: nn.Module, source: str | Path, model_config, what: str, settings: str,
+                           ignore: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """start's weights, or a ValueError naming every config field in which it differs from model_config."""
     ours, theirs = asdict(model_config), asdict(start.config)
-    different = sorted(key for key in ours if ours[key] != theirs[key])
+    different = sorted(key for key in ours if ours[key] != theirs[key] and key not in ignore)
     if different:
-        raise ValueError(f"--init-from {source}: its generator differs from the one this run builds in "
-                         f"{different}; use the preset, --num-frames, --window-chunks, --head and tokenizers it was "
-                         "trained with")
+        raise ValueError(f"--init-from {source}: its {what} differs from the one this run builds in {different}; "
+                         f"use {settings} it was trained with")
     return start.state_dict()

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 BUNDLED_DIR = Path(__file__).parent / "weights"
 BUNDLED_TOKENIZERS = {"general": "general", "shapes": "shapes/video_tokenizer"}
 QUANTIZERS = ("fsq", "lfq", "vq")
+# The modules that turn video into codes. Freezing them (decoder fine-tuning) keeps every code as it was.
+ENCODER_MODULES = ("frame_encoder", "encoder_frame_time", "group_frames", "encoder_blocks", "encoder_out", "quantizer")
 CONFIG_FORMAT = "tokvid-video-tokenizer-v1"
 
 
@@ -278,6 +280,7 @@ class VideoTokenizer(nn.Module):
         self.ungroup_frames = nn.Sequential(ChannelNorm(lat), nn.SiLU(), nn.Conv3d(lat, wide * tc, 1))
         self.decoder_frame_time = CausalTemporalConv(wide, wide, kernel)
         self.frame_decoder = FrameDecoder(cfg)
+        self.encoder_frozen = False
 
     # -- contract properties
     @property
@@ -314,8 +317,27 @@ class VideoTokenizer(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Reconstruction (unclamped), codes, quantizer aux loss."""
-        quantized, codes, aux = self.quantizer(self.encode_latents(x))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            quantized, codes, aux = self.quantizer(self.encode_latents(x))
         return self.decode_latents(quantized), codes, aux
+
+    # -- decoder fine-tuning
+    def freeze_encoder(self) -> None:
+        """Train only the decoder from now on: the encoder and quantizer keep their weights and buffers
+        (no gradients, always in eval mode, so a VQ codebook stops updating too) and every video keeps
+        exactly its codes. Fine-tuning the decoder of a trained tokenizer sharpens its reconstructions
+        without invalidating token shards or generators trained on its codes (codes_fingerprint stays)."""
+        self.encoder_frozen = True
+        for name in ENCODER_MODULES:
+            getattr(self, name).requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "VideoTokenizer":
+        super().train(mode)
+        if self.encoder_frozen:
+            for name in ENCODER_MODULES:
+                getattr(self, name).eval()
+        return self
 
     # -- public token API
     @torch.no_grad()
@@ -425,9 +447,18 @@ class VideoTokenizer(nn.Module):
         return model.to(device).eval()
 
     def fingerprint(self) -> str:
-        """Hash of config and weights: token shards record it so they are never decoded by another tokenizer."""
+        """Hash of config and all weights: exactly this tokenizer."""
+        return self._digest(self.state_dict().items())
+
+    def codes_fingerprint(self) -> str:
+        """Hash of config and the encoder's and quantizer's weights: the same for tokenizers that make the
+        same codes (this one and its decoder fine-tunes, see freeze_encoder). Token shards record it, so
+        they are decoded only by a tokenizer that made them or a sharper decoder for the same codes."""
+        return self._digest((k, v) for k, v in self.state_dict().items() if k.split(".")[0] in ENCODER_MODULES)
+
+    def _digest(self, named_tensors) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
-        for key, value in sorted(self.state_dict().items()):
+        for key, value in sorted(named_tensors, key=lambda item: item[0]):
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]

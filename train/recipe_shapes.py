@@ -1,6 +1,6 @@
 """Reproduce the bundled default model end to end: shapes-v1 data -> text tokenizer -> video
-tokenizer -> token shards -> generator -> fine-tuned generator -> pipeline directory (-> tokvid/weights/shapes
-with --install).
+tokenizer -> its decoder fine-tuned alone -> token shards -> generator -> fine-tuned generator -> pipeline
+directory (-> tokvid/weights/shapes with --install).
 
     DS_ACCELERATOR=cpu nohup python train/recipe_shapes.py --out runs/shapes --install > recipe.log 2>&1 &
 
@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer-steps", type=int, default=1200)
     parser.add_argument("--tokenizer-preset", default="small")
     parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
+    parser.add_argument("--decoder-steps", type=int, default=2000,
+                        help="then the tokenizer's decoder alone (same codes, sharper shapes; 0: none)")
     parser.add_argument("--generator-steps", type=int, default=1250)
     parser.add_argument("--generator-preset", default="small")
     parser.add_argument("--generator-batch", type=int, default=12, help="clips per generator step, split across ranks")
@@ -83,25 +85,32 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    data, text, tokenizer, shards, generator = (out / name for name in
-                                                ("data", "text_tokenizer", "video_tokenizer", "shards", "generator"))
+    data, text, tokenizer, decoder, shards, generator = (
+        out / name for name in ("data", "text_tokenizer", "video_tokenizer", "video_decoder", "shards", "generator"))
     if not (data / "manifest.jsonl").exists():
         run(["tokvid-data", "shapes", "--out", str(data), "--num-videos", str(args.num_videos), "--seed", str(args.seed)])
     if not (text / "config.json").exists():
         run([sys.executable, str(REPO / "tokenizer" / "train_text_tokenizer.py"), "--manifest", str(data / "manifest.jsonl"),
              "--out", str(text), "--vocab-size", "128", "--max-length", "8", "--seed", str(args.seed)])
+    tokenizer_command = launcher(args, "train_tokenizer.py", args.tokenizer_ranks, args.seed) + [
+        "--manifest", str(data / "manifest.jsonl"), "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels,
+        "--lr", "1e-3", "--micro-batch", str(TOKENIZER_BATCH // args.tokenizer_ranks), "--num-frames", "9",
+        "--cache-gb", "3", "--save-every", "250"]
     if not (tokenizer / "export" / "model.safetensors").exists():
-        run(launcher(args, "train_tokenizer.py", args.tokenizer_ranks, args.seed) + [
-            "--manifest", str(data / "manifest.jsonl"), "--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
-            "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels, "--lr", "1e-3", "--warmup-steps", "100",
-            "--micro-batch", str(TOKENIZER_BATCH // args.tokenizer_ranks), "--num-frames", "9", "--cache-gb", "3",
-            "--save-every", "250"])
+        run(tokenizer_command + ["--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
+                                 "--warmup-steps", "100"])
+    video_tokenizer = tokenizer / "export"
+    if args.decoder_steps > 0:
+        if not (decoder / "export" / "model.safetensors").exists():
+            run(tokenizer_command + ["--out", str(decoder), "--max-steps", str(args.decoder_steps), "--warmup-steps", "50",
+                                     "--init-from", str(video_tokenizer), "--decoder-only"])
+        video_tokenizer = decoder / "export"  # the same codes as tokenizer/export, decoded more sharply
     if not (shards / "info.json").exists():
         shutil.rmtree(shards, ignore_errors=True)
-        run(["tokvid-encode", "--tokenizer", str(tokenizer / "export"), "--manifest", str(data / "manifest.jsonl"),
+        run(["tokvid-encode", "--tokenizer", str(video_tokenizer), "--manifest", str(data / "manifest.jsonl"),
              "--out", str(shards), "--quiet"])
     generator_options = ["--data", str(shards), "--text-tokenizer", str(text), "--video-tokenizer",
-                         str(tokenizer / "export"), "--preset", args.generator_preset, "--num-frames",
+                         str(video_tokenizer), "--preset", args.generator_preset, "--num-frames",
                          str(args.generator_frames), "--window-chunks", "6", "--save-every", "250"]
     if not (generator / "export" / "pipeline.json").exists():
         run(launcher(args, "train_generator.py", args.generator_ranks, args.seed) + generator_options + [

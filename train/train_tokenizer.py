@@ -2,6 +2,7 @@
 
     deepspeed --num_gpus 2 train/train_tokenizer.py --deepspeed_config ds_config.json \
         --manifest M.jsonl --out RUN --max-steps N --seed S [--resume auto] [--preset tiny]
+        [--init-from TOKENIZER [--decoder-only]]
 
 Also runs as a plain process (`python train/train_tokenizer.py ...`); on CPU set DS_ACCELERATOR=cpu.
 Writes RUN/metrics.jsonl, RUN/tb, RUN/checkpoints and, at the end, RUN/export (config.json + model.safetensors).
@@ -22,6 +23,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quantizer", choices=("fsq", "lfq", "vq"), default=None, help="override the preset's")
     parser.add_argument("--fsq-levels", default=None, help="override the preset's FSQ levels, e.g. 8,5,5,5")
     parser.add_argument("--cache-gb", type=float, default=1.0, help="decoded-clip cache per rank")
+    parser.add_argument("--init-from", default=None,
+                        help="tokenizer directory or bundled name to start from (fine-tuning; same configuration)")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="with --init-from: train the decoder alone, so every code stays as it was")
     add_training_arguments(parser)
     deepspeed.add_config_arguments(parser)
     return parser.parse_args(argv)
@@ -31,7 +36,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     return run_script(args, lambda config, ds_config: train_video_tokenizer(
         config, ds_config, args.manifest, preset=args.preset, size=args.size, num_frames=args.num_frames,
-        fps=args.fps, quantizer=args.quantizer, fsq_levels=args.fsq_levels, cache_bytes=int(args.cache_gb * 2**30)), throughput_unit="frames")
+        fps=args.fps, quantizer=args.quantizer, fsq_levels=args.fsq_levels, cache_bytes=int(args.cache_gb * 2**30),
+        init_from=args.init_from, decoder_only=args.decoder_only), throughput_unit="frames")
 
 
 if __name__ == "__main__":
