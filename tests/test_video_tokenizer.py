@@ -157,7 +157,7 @@ def test_tiny_training_lowers_the_loss():
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
 
 
-def test_decoder_fine_tuning_keeps_every_code_and_the_fingerprint():
+def test_decoder_fine_tuning_keeps_every_code_and_the_codes_fingerprint():
     torch.manual_seed(0)
     # a VQ codebook is an EMA buffer updated in training mode: freezing must stop that as well
     tok = VideoTokenizer(video_tokenizer_preset("tiny", quantizer="vq", codebook_size=32, vq_codebook_dim=4)).train()

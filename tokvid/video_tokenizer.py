@@ -317,8 +317,7 @@ class VideoTokenizer(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Reconstruction (unclamped), codes, quantizer aux loss."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
-            quantized, codes, aux = self.quantizer(self.encode_latents(x))
+        quantized, codes, aux = self.quantizer(self.encode_latents(x))
         return self.decode_latents(quantized), codes, aux
 
     # -- decoder fine-tuning
