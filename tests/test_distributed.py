@@ -159,6 +159,7 @@ def test_decoder_fine_tuning_through_the_script_keeps_the_codes(work, single):
         assert torch.equal(before.encode(x), after.encode(x)) and before.codes_fingerprint() == after.codes_fingerprint()
         assert not torch.equal(before(x)[0], after(x)[0])  # the decoder did train
     refusals = [(common + ["--out", str(work / "other_preset"), "--quantizer", "lfq"], "quantizer"),
+                (common + ["--out", str(work / "local"), "--local-codes"], "encoder_spatial_kernel"),
                 ([arg for arg in common if arg != str(start) and arg != "--init-from"]
                  + ["--out", str(work / "no_start"), "--decoder-only"], "--decoder-only needs --init-from")]
     for args, message in refusals:

@@ -113,7 +113,29 @@ def test_bad_codes_raise_value_error(tok):
         tok.decode(torch.zeros(1, 2, 4, 4))
 
 
+@pytest.mark.parametrize("kernel, only_own_patch", [(1, True), (3, False)])
+def test_local_codes_change_only_where_the_picture_changes(kernel, only_own_patch):
+    tok = tiny(encoder_spatial_kernel=kernel)
+    x = random_video(9, 32, 32)
+    y = x.clone()
+    y[:, :, :, 10:14, 18:22] = 1.0  # inside the 8x8 patch at token row 1, column 2
+    changed = (tok.encode(x) != tok.encode(y)).any(dim=1)[0]
+    assert changed[1, 2]
+    outside = changed.clone()
+    outside[1, 2] = False
+    assert (not outside.any()) == only_own_patch
+    # chunked coding is still exact with local codes
+    assert torch.equal(tok.encode(x, chunk_latents=1), tok.encode(x))
+
+
+def test_local_codes_give_one_code_to_every_empty_patch():
+    codes = tiny(encoder_spatial_kernel=1).encode(-torch.ones(1, 3, 5, 32, 40))
+    assert codes[:, 0].unique().numel() == 1 and codes[:, 1].unique().numel() == 1
+
+
 def test_config_validation():
+    with pytest.raises(ValueError, match="encoder_spatial_kernel"):
+        VideoTokenizerConfig(encoder_spatial_kernel=2)
     with pytest.raises(ValueError, match="frame_channels"):
         VideoTokenizerConfig(frame_channels=(8,))
     with pytest.raises(ValueError, match="quantizer"):

@@ -798,12 +798,13 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
                           size: int = 64, num_frames: int = 17, fps: float | None = None,
                           quantizer: str | None = None, fsq_levels: str | None = None,
                           cache_bytes: int = 1 << 30, init_from: str | Path | None = None,
-                          decoder_only: bool = False) -> TrainingResult:
+                          decoder_only: bool = False, local_codes: bool = False) -> TrainingResult:
     """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors.
 
     init_from (a tokenizer directory or bundled name) starts from trained weights; the model this run
     builds must have the same configuration. decoder_only (needs init_from) trains the decoder alone:
     the codes stay exactly those of init_from, so its token shards and generators remain valid.
+    local_codes builds an encoder whose codes each see only their own patch (encoder_spatial_kernel=1).
     """
     from tokvid.datasets import ClipDataset, clip_frame_count
     from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
@@ -812,6 +813,8 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
         raise ValueError("--decoder-only needs --init-from: it fine-tunes the decoder of a trained tokenizer")
 
     overrides = {} if quantizer is None else {"quantizer": quantizer}
+    if local_codes:
+        overrides["encoder_spatial_kernel"] = 1
     if fsq_levels:
         try:
             overrides["fsq_levels"] = tuple(int(level) for level in str(fsq_levels).split(","))
@@ -852,7 +855,7 @@ def _tokenizer_start_weights(source: str | Path, model_config) -> dict[str, torc
     from tokvid.video_tokenizer import VideoTokenizer
 
     return _checked_start_weights(VideoTokenizer.from_pretrained(source), source, model_config, "tokenizer",
-                                  "the --preset, --quantizer and --fsq-levels", ignore=("vq_sync_codebook",))
+                                  "the --preset, --quantizer, --fsq-levels and --local-codes", ignore=("vq_sync_codebook",))
 
 
 def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: str | Path, preset: str = "small",

@@ -44,6 +44,10 @@ class VideoTokenizerConfig:
     latent_channels: int = 192  # width after temporal compression, where most compute is spent
     latent_blocks: int = 3  # (2+1)D residual blocks at the latent grid
     temporal_kernel: int = 3  # taps of every causal temporal convolution
+    # spatial taps of the encoder's convolutions. 1 = local codes: a token depends on its own patch only
+    # (over time), so an object changes the few tokens it covers, not a wide halo, and an empty patch always
+    # gets one code (README design notes: measured on shapes-v1). The decoder keeps 3x3 context either way.
+    encoder_spatial_kernel: int = 3
     quantizer: str = "fsq"  # "fsq" (no codebook loss, no collapse), "lfq" or "vq" (EMA codebook)
     fsq_levels: tuple[int, ...] = (8, 8, 6, 5, 5)  # FSQ levels per latent channel; vocabulary = their product
     codebook_size: int = 4096  # LFQ (power of two) / VQ vocabulary
@@ -72,6 +76,8 @@ class VideoTokenizerConfig:
             raise ValueError("channel widths must be positive and block counts non-negative")
         if self.temporal_kernel < 1:
             raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
+        if self.encoder_spatial_kernel < 1 or self.encoder_spatial_kernel % 2 == 0:
+            raise ValueError(f"encoder_spatial_kernel must be odd and >= 1 (1 = local codes), got {self.encoder_spatial_kernel}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.quantizer == "fsq" and (len(self.fsq_levels) < 1 or min(self.fsq_levels) < 3):
@@ -147,10 +153,10 @@ class CausalTemporalConv(nn.Module):
 class FrameResBlock(nn.Module):
     """2D residual block applied to every frame independently."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, kernel: int = 3):
         super().__init__()
-        self.norm1, self.conv1 = ChannelNorm(channels), nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2, self.conv2 = ChannelNorm(channels), nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm1, self.conv1 = ChannelNorm(channels), nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.norm2, self.conv2 = ChannelNorm(channels), nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W)
         h = self.conv1(F.silu(self.norm1(x)))
@@ -158,11 +164,13 @@ class FrameResBlock(nn.Module):
 
 
 class LatentResBlock(nn.Module):
-    """(2+1)D residual block: a 3x3 spatial conv, then a causal conv over time."""
+    """(2+1)D residual block: a spatial conv (3x3 unless given), then a causal conv over time."""
 
-    def __init__(self, channels: int, temporal_kernel: int):
+    def __init__(self, channels: int, temporal_kernel: int, spatial_kernel: int = 3):
         super().__init__()
-        self.norm1, self.spatial = ChannelNorm(channels), nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
+        self.norm1 = ChannelNorm(channels)
+        self.spatial = nn.Conv3d(channels, channels, (1, spatial_kernel, spatial_kernel),
+                                 padding=(0, spatial_kernel // 2, spatial_kernel // 2))
         self.norm2, self.temporal = ChannelNorm(channels), CausalTemporalConv(channels, channels, temporal_kernel)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, t, h, w)
@@ -182,12 +190,13 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, cfg: VideoTokenizerConfig):
         super().__init__()
-        widths = cfg.frame_channels
-        self.stem = nn.Sequential(nn.PixelUnshuffle(cfg.stem_patch), nn.Conv2d(3 * cfg.stem_patch ** 2, widths[0], 3, padding=1))
-        layers: list[nn.Module] = [FrameResBlock(widths[0]) for _ in range(cfg.frame_blocks)]
+        widths, kernel = cfg.frame_channels, cfg.encoder_spatial_kernel
+        self.stem = nn.Sequential(nn.PixelUnshuffle(cfg.stem_patch),
+                                  nn.Conv2d(3 * cfg.stem_patch ** 2, widths[0], kernel, padding=kernel // 2))
+        layers: list[nn.Module] = [FrameResBlock(widths[0], kernel) for _ in range(cfg.frame_blocks)]
         for narrow, wide in zip(widths[:-1], widths[1:]):
             layers += [nn.PixelUnshuffle(2), nn.Conv2d(4 * narrow, wide, 1)]
-            layers += [FrameResBlock(wide) for _ in range(cfg.frame_blocks)]
+            layers += [FrameResBlock(wide, kernel) for _ in range(cfg.frame_blocks)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -272,7 +281,8 @@ class VideoTokenizer(nn.Module):
         self.frame_encoder = FrameEncoder(cfg)
         self.encoder_frame_time = CausalTemporalConv(wide, wide, kernel)
         self.group_frames = nn.Conv3d(wide * tc, lat, 1)
-        self.encoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel) for _ in range(cfg.latent_blocks)])
+        self.encoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel, cfg.encoder_spatial_kernel)
+                                              for _ in range(cfg.latent_blocks)])
         self.encoder_out = nn.Sequential(ChannelNorm(lat), nn.SiLU(), nn.Conv3d(lat, cfg.code_dim, 1))
         self.quantizer = Quantizer(cfg)
         self.decoder_in = nn.Conv3d(cfg.code_dim, lat, 1)

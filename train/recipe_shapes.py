@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer-steps", type=int, default=1200)
     parser.add_argument("--tokenizer-preset", default="small")
     parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
+    parser.add_argument("--local-codes", action=argparse.BooleanOptionalAction, default=False,
+                        help="shapes tokenizer whose codes each see only their own 8x8 patch (no halo)")
     parser.add_argument("--decoder-steps", type=int, default=2000,
                         help="then the tokenizer's decoder alone (same codes, sharper shapes; 0: none)")
     parser.add_argument("--generator-steps", type=int, default=1250)
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
     tokenizer_command = launcher(args, "train_tokenizer.py", args.tokenizer_ranks, args.seed) + [
         "--manifest", str(data / "manifest.jsonl"), "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels,
         "--lr", "1e-3", "--micro-batch", str(TOKENIZER_BATCH // args.tokenizer_ranks), "--num-frames", "9",
-        "--cache-gb", "3", "--save-every", "250"]
+        "--cache-gb", "3", "--save-every", "250"] + (["--local-codes"] if args.local_codes else [])
     if not (tokenizer / "export" / "model.safetensors").exists():
         run(tokenizer_command + ["--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
                                  "--warmup-steps", "100"])

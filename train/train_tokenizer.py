@@ -22,6 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=None, help="resample videos to this frame rate")
     parser.add_argument("--quantizer", choices=("fsq", "lfq", "vq"), default=None, help="override the preset's")
     parser.add_argument("--fsq-levels", default=None, help="override the preset's FSQ levels, e.g. 8,5,5,5")
+    parser.add_argument("--local-codes", action="store_true",
+                        help="every code sees only its own patch: no halo around objects (easier for a generator)")
     parser.add_argument("--cache-gb", type=float, default=1.0, help="decoded-clip cache per rank")
     parser.add_argument("--init-from", default=None,
                         help="tokenizer directory or bundled name to start from (fine-tuning; same configuration)")
@@ -37,7 +39,8 @@ def main(argv=None) -> int:
     return run_script(args, lambda config, ds_config: train_video_tokenizer(
         config, ds_config, args.manifest, preset=args.preset, size=args.size, num_frames=args.num_frames,
         fps=args.fps, quantizer=args.quantizer, fsq_levels=args.fsq_levels, cache_bytes=int(args.cache_gb * 2**30),
-        init_from=args.init_from, decoder_only=args.decoder_only), throughput_unit="frames")
+        init_from=args.init_from, decoder_only=args.decoder_only,
+        local_codes=args.local_codes), throughput_unit="frames")
 
 
 if __name__ == "__main__":
