@@ -155,8 +155,8 @@ class FrameResBlock(nn.Module):
 
     def __init__(self, channels: int, kernel: int = 3):
         super().__init__()
-        self.norm1, self.conv1 = ChannelNorm(channels), nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
-        self.norm2, self.conv2 = ChannelNorm(channels), nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.norm1, self.conv1 = ChannelNorm(channels), nn.Conv2d(channels, channels, kernel, padding="same")
+        self.norm2, self.conv2 = ChannelNorm(channels), nn.Conv2d(channels, channels, kernel, padding="same")
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W)
         h = self.conv1(F.silu(self.norm1(x)))
@@ -169,8 +169,7 @@ class LatentResBlock(nn.Module):
     def __init__(self, channels: int, temporal_kernel: int, spatial_kernel: int = 3):
         super().__init__()
         self.norm1 = ChannelNorm(channels)
-        self.spatial = nn.Conv3d(channels, channels, (1, spatial_kernel, spatial_kernel),
-                                 padding=(0, spatial_kernel // 2, spatial_kernel // 2))
+        self.spatial = nn.Conv3d(channels, channels, (1, spatial_kernel, spatial_kernel), padding="same")
         self.norm2, self.temporal = ChannelNorm(channels), CausalTemporalConv(channels, channels, temporal_kernel)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, t, h, w)
@@ -192,7 +191,7 @@ class FrameEncoder(nn.Module):
         super().__init__()
         widths, kernel = cfg.frame_channels, cfg.encoder_spatial_kernel
         self.stem = nn.Sequential(nn.PixelUnshuffle(cfg.stem_patch),
-                                  nn.Conv2d(3 * cfg.stem_patch ** 2, widths[0], kernel, padding=kernel // 2))
+                                  nn.Conv2d(3 * cfg.stem_patch ** 2, widths[0], kernel, padding="same"))
         layers: list[nn.Module] = [FrameResBlock(widths[0], kernel) for _ in range(cfg.frame_blocks)]
         for narrow, wide in zip(widths[:-1], widths[1:]):
             layers += [nn.PixelUnshuffle(2), nn.Conv2d(4 * narrow, wide, 1)]

@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quantizer", choices=("fsq", "lfq", "vq"), default=None, help="override the preset's")
     parser.add_argument("--fsq-levels", default=None, help="override the preset's FSQ levels, e.g. 8,5,5,5")
     parser.add_argument("--local-codes", action="store_true",
-                        help="every code sees only its own patch: no halo around objects (easier for a generator)")
+                        help="every code sees only its own patch: an object changes only the tokens it covers")
     parser.add_argument("--cache-gb", type=float, default=1.0, help="decoded-clip cache per rank")
     parser.add_argument("--init-from", default=None,
                         help="tokenizer directory or bundled name to start from (fine-tuning; same configuration)")
