@@ -225,9 +225,13 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configura
         pytest.skip("needs the pipeline of test_generator_trains_on_two_ranks_and_exports_a_pipeline")
     common = ["--data", str(work / "shards"), "--text-tokenizer", str(start / "text_tokenizer"), "--preset", "tiny",
               "--num-frames", "9", "--max-steps", "1", "--seed", "1", "--micro-batch", "2", "--init-from", str(start)]
-    assert_ok(launch("train_generator.py", common + ["--out", str(work / "finetune"), "--lr", "1e-9"], 1, work))
-    before = TokVidPipeline.from_pretrained(start).generator.state_dict()
-    after = TokVidPipeline.from_pretrained(work / "finetune" / "export").generator.state_dict()
+    # shorter clips (2 chunks) than the start was trained on (3): its 3-chunk window is kept, not refused
+    shorter = [arg if arg != "9" else "5" for arg in common]
+    assert_ok(launch("train_generator.py", shorter + ["--out", str(work / "finetune"), "--lr", "1e-9"], 1, work))
+    before = TokVidPipeline.from_pretrained(start).generator
+    after = TokVidPipeline.from_pretrained(work / "finetune" / "export").generator
+    assert after.config == before.config and after.config.window_chunks == 3
+    before, after = before.state_dict(), after.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.allclose(before[name], after[name], atol=1e-6) for name in before)  # lr ~0: unchanged
     result = launch("train_generator.py", common + ["--out", str(work / "finetune_other"), "--window-chunks", "2"],

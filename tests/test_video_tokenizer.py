@@ -133,6 +133,34 @@ def test_local_codes_give_one_code_to_every_empty_patch():
     assert codes[:, 0].unique().numel() == 1 and codes[:, 1].unique().numel() == 1
 
 
+def test_fingerprints_leave_out_later_fields_at_their_old_behaviour(tmp_path):
+    """Token shards record fingerprints: a field added to the config later must not invalidate shards
+    written before it existed, as long as the field is at the value that behaves as before."""
+    import hashlib
+    from dataclasses import asdict
+
+    tok = tiny()
+    tok.save_pretrained(tmp_path / "tok")
+    config_path = tmp_path / "tok" / "config.json"
+    saved = json.loads(config_path.read_text())
+    del saved["encoder_spatial_kernel"]  # as written before the field existed
+    config_path.write_text(json.dumps(saved))
+    old = VideoTokenizer.from_pretrained(tmp_path / "tok")
+
+    def digest(model: VideoTokenizer, leave_out: tuple[str, ...]) -> str:
+        config = {k: v for k, v in asdict(model.config).items() if k not in leave_out}
+        hashed = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+        for key, value in sorted(model.state_dict().items()):
+            hashed.update(key.encode())
+            hashed.update(value.numpy().tobytes())
+        return hashed.hexdigest()[:16]
+
+    # as computed before the field existed: the config without it, then every tensor
+    assert old.fingerprint() == tok.fingerprint() == digest(old, leave_out=("encoder_spatial_kernel",))
+    local = tiny(encoder_spatial_kernel=1)  # a value that behaves differently stays in the digest
+    assert local.fingerprint() == digest(local, leave_out=())
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="encoder_spatial_kernel"):
         VideoTokenizerConfig(encoder_spatial_kernel=2)

@@ -904,16 +904,19 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     dist.barrier()
     text_model = TextTokenizer.from_pretrained(text_dir)
     max_chunks = num_chunks_for_frames(num_frames, video_model.temporal_compression)
+    start = None if init_from is None else _start_generator(init_from)
+    window_chunks = _fine_tuning_window(window_chunks, max_chunks, start)
     height, width = shards.info["grid"]
     model_config = generator_config_preset(
         preset, codebook_size=video_model.vocab_size, text_vocab_size=text_model.vocab_size,
         text_length=text_model.max_length, chunk_height=height, chunk_width=width,
-        window_chunks=min(window_chunks, max_chunks), text_pad_id=text_model.pad_id,
+        window_chunks=window_chunks, text_pad_id=text_model.pad_id,
         text_bos_id=text_model.bos_id, text_eos_id=text_model.eos_id,
         # FSQ codes are digit tuples: embedding them by digits shares what is learnt across neighbouring codes
         code_levels=list(video_model.config.fsq_levels) if fsq else None, digit_head=digit_head)
     dataset = TokenChunkDataset(shards, text_model, max_chunks)
-    start_weights = None if init_from is None else _fine_tuning_weights(init_from, model_config)
+    start_weights = None if start is None else _checked_start_weights(
+        start, init_from, model_config, "generator", "the preset, --window-chunks, --head and tokenizers")
 
     def build_model() -> Generator:
         model = Generator(model_config)
@@ -933,15 +936,22 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
                                           "text_tokenizer": str(text_dir), "video_tokenizer": str(tokenizer_name)})
 
 
-def _fine_tuning_weights(source: str | Path, model_config) -> dict[str, torch.Tensor]:
-    """The weights of the generator in `source` (a generator or pipeline directory), checked against the
-    configuration this run builds."""
+def _start_generator(source: str | Path) -> nn.Module:
+    """The generator in `source` (a generator or pipeline directory) that fine-tuning starts from."""
     from tokvid.generator import Generator
 
     directory = Path(source)
-    start = Generator.from_pretrained(directory / "generator" if (directory / "generator").is_dir() else directory)
-    return _checked_start_weights(start, source, model_config, "generator",
-                                  "the preset, --num-frames, --window-chunks, --head and tokenizers")
+    return Generator.from_pretrained(directory / "generator" if (directory / "generator").is_dir() else directory)
+
+
+def _fine_tuning_window(window_chunks: int, max_chunks: int, start: nn.Module | None) -> int:
+    """The attention window the run builds: the requested one, capped by the chunks in a training clip.
+    A fine-tune on clips shorter than the start's window keeps the start's window, as long as the two
+    agree on every window these clips can fill; anything else stays a configuration mismatch."""
+    window = min(window_chunks, max_chunks)
+    if start is not None and min(start.config.window_chunks, max_chunks) == window:
+        return start.config.window_chunks
+    return window
 
 
 def _checked_start_weights(start: nn.Module, source: str | Path, model_config, what: str, settings: str,

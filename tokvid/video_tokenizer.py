@@ -29,6 +29,10 @@ from torch import Tensor, nn
 BUNDLED_DIR = Path(__file__).parent / "weights"
 BUNDLED_TOKENIZERS = {"general": "general", "shapes": "shapes/video_tokenizer"}
 QUANTIZERS = ("fsq", "lfq", "vq")
+# Config fields added after the first release, at the values that behave exactly as before they existed.
+# Fingerprints leave them out at those values, so token shards written before a field existed still
+# match the tokenizer that wrote them.
+LATER_FIELDS = {"encoder_spatial_kernel": 3}
 # The modules that turn video into codes. Freezing them (decoder fine-tuning) keeps every code as it was.
 ENCODER_MODULES = ("frame_encoder", "encoder_frame_time", "group_frames", "encoder_blocks", "encoder_out", "quantizer")
 CONFIG_FORMAT = "tokvid-video-tokenizer-v1"
@@ -465,7 +469,9 @@ class VideoTokenizer(nn.Module):
         return self._digest((k, v) for k, v in self.state_dict().items() if k.split(".")[0] in ENCODER_MODULES)
 
     def _digest(self, named_tensors) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        config = {key: value for key, value in asdict(self.config).items()
+                  if LATER_FIELDS.get(key, object()) != value}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         for key, value in sorted(named_tensors, key=lambda item: item[0]):
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
