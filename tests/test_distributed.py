@@ -226,7 +226,8 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configura
     common = ["--data", str(work / "shards"), "--text-tokenizer", str(start / "text_tokenizer"), "--preset", "tiny",
               "--num-frames", "9", "--max-steps", "1", "--seed", "1", "--micro-batch", "2", "--init-from", str(start)]
     # shorter clips (2 chunks) than the start was trained on (3): its 3-chunk window is kept, not refused
-    shorter = [arg if arg != "9" else "5" for arg in common]
+    shorter = list(common)
+    shorter[shorter.index("--num-frames") + 1] = "5"
     assert_ok(launch("train_generator.py", shorter + ["--out", str(work / "finetune"), "--lr", "1e-9"], 1, work))
     before = TokVidPipeline.from_pretrained(start).generator
     after = TokVidPipeline.from_pretrained(work / "finetune" / "export").generator
