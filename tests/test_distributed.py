@@ -218,6 +218,7 @@ def test_generator_trains_on_two_ranks_and_exports_a_pipeline(work, zero3_resume
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configuration(work):
+    from tokvid.generator import widen_digit_head
     from tokvid.pipeline import TokVidPipeline
 
     start = work / "generator" / "export"
@@ -239,6 +240,13 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configura
                     1, work)
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert result.returncode == 2 and len(errors) == 1 and "window_chunks" in errors[0], result.stderr[-2000:]
+    # a one-product digit head widened into a mixture: everything else as the start, the head as widen_digit_head
+    assert_ok(launch("train_generator.py", common + ["--out", str(work / "widened"), "--lr", "1e-9",
+                                                      "--digit-mixture", "3"], 1, work))
+    widened = TokVidPipeline.from_pretrained(work / "widened" / "export").generator
+    assert widened.config.digit_mixture == 3 and widened.head.out_features == 3 * sum(widened.config.code_levels) + 3
+    expected = dict(before, **{"head.weight": widen_digit_head(before["head.weight"], 3, seed=1)})  # --seed 1
+    assert all(torch.allclose(expected[name], value, atol=1e-6) for name, value in widened.state_dict().items())
 
 
 def test_digit_head_on_a_vq_tokenizer_is_a_one_line_error(work):

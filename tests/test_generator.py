@@ -52,6 +52,7 @@ def seeded(seed: int) -> torch.Generator:
     dict(codebook_size=1), dict(text_length=1), dict(dim=30, heads=4), dict(dim=36, heads=4),
     dict(window_chunks=0), dict(text_dropout=1.0), dict(clean_context=1), dict(dim=24, heads=2), dict(code_levels=[4, 3]),
     dict(code_levels=[16, 1]), dict(code_levels=[]), dict(digit_head=True), dict(code_levels=[4, 4], digit_head=1),
+    dict(digit_mixture=2), dict(code_levels=[4, 4], digit_head=True, digit_mixture=0),
     dict(clean_chunk_prob=-0.1), dict(depth=0),
     dict(text_pad_id=2), dict(text_eos_id=TEXT_VOCAB), dict(rope_base=1.0), dict(mlp_ratio=0), dict(dim=32.0),
 ])
@@ -356,10 +357,60 @@ def test_digit_head_is_a_normalised_product_of_digit_distributions():
     assert torch.allclose(logits.logsumexp(dim=-1), torch.zeros(7), atol=1e-5)
     targets = torch.randint(0, CODEBOOK, (7,), generator=seeded(1))
     loss, predicted = model._cross_entropy(hidden, targets)
-    assert torch.allclose(loss, F.cross_entropy(logits, targets), atol=1e-5)
+    assert torch.allclose(loss, F.cross_entropy(logits, targets, reduction="none"), atol=1e-5)
     assert torch.equal(predicted, logits.argmax(dim=-1))
     assert model.head.out_features == sum(levels)  # the head is per digit, not per code
     assert tiny_model(code_levels=levels).head.out_features == CODEBOOK  # digit embedding, one softmax
+
+
+def test_digit_mixture_is_a_normalised_mixture_that_can_bind_digits():
+    """A K-component digit head gives exactly normalised log-probs, its loss is their cross-entropy, and,
+    unlike one product, it can put its mass on two codes that share no digit (0 = (0,0) and 15 = (3,3))
+    without giving the mixed codes (0,3) and (3,0) the same share."""
+    levels = [4, 4]
+    model = tiny_model(code_levels=levels, digit_head=True, digit_mixture=3)
+    assert model.head.out_features == 3 * sum(levels) + 3
+    hidden = torch.randn(7, model.config.dim)
+    logits = model._logits(hidden)
+    assert torch.allclose(logits.logsumexp(dim=-1), torch.zeros(7), atol=1e-5)
+    targets = torch.randint(0, CODEBOOK, (7,), generator=seeded(1))
+    loss, predicted = model._cross_entropy(hidden, targets)
+    assert torch.allclose(loss, F.cross_entropy(logits, targets, reduction="none"), atol=1e-5)
+    assert predicted.shape == targets.shape
+
+    def fitted_probs(components: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        fitted = Generator(tiny_config(code_levels=levels, digit_head=True, digit_mixture=components))
+        state = torch.randn(1, fitted.config.dim)
+        optimizer = torch.optim.SGD(fitted.head.parameters(), lr=0.02)
+        two_codes = torch.tensor([0, 15]).repeat(8)
+        for _ in range(1500):  # the components start alike; they take a while to part
+            optimizer.zero_grad()
+            fitted._cross_entropy(state.expand(16, -1), two_codes)[0].mean().backward()
+            optimizer.step()
+        return fitted._logits(state)[0].exp().detach()
+
+    mixture, product = fitted_probs(2), fitted_probs(1)
+    assert mixture[0] + mixture[15] > 0.95 and mixture[3] + mixture[12] < 0.05
+    assert product[0] + product[15] < 0.55 and product[3] + product[12] > 0.45  # a product must mix the digits
+
+
+def test_widened_digit_head_starts_near_its_one_product_start():
+    from tokvid.generator import widen_digit_head
+
+    levels = [4, 4]
+    start = tiny_model(code_levels=levels, digit_head=True)
+    widened = tiny_model(code_levels=levels, digit_head=True, digit_mixture=4)
+    state = start.state_dict()
+    state["head.weight"] = widen_digit_head(state["head.weight"], 4, seed=3)
+    widened.load_state_dict(state)
+    assert torch.equal(state["head.weight"], widen_digit_head(start.head.weight, 4, seed=3))  # same on every rank
+    hidden = torch.randn(5, start.config.dim)
+    start_probs, widened_probs = start._logits(hidden).exp(), widened._logits(hidden).exp().detach()
+    assert (start_probs - widened_probs).abs().sum(dim=-1).max() < 0.5  # close, but ...
+    assert not torch.allclose(start_probs, widened_probs, atol=1e-4)  # ... nudged apart, so components can part
+    with pytest.raises(ValueError, match="components >= 2"):
+        widen_digit_head(start.head.weight, 1)
 
 
 def test_tiny_training_run_learns_far_above_chance():
@@ -382,7 +433,8 @@ def test_tiny_training_run_learns_far_above_chance():
 
 # ---- persistence -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("heads", [{}, dict(code_levels=[4, 4]), dict(code_levels=[4, 4], digit_head=True)])
+@pytest.mark.parametrize("heads", [{}, dict(code_levels=[4, 4]), dict(code_levels=[4, 4], digit_head=True),
+                                   dict(code_levels=[4, 4], digit_head=True, digit_mixture=3)])
 def test_save_load_reproduces_samples(tmp_path, heads):
     model = tiny_model(window_chunks=2, **heads)
     text = random_text(1, 3)
@@ -408,6 +460,17 @@ def test_load_rejects_missing_foreign_and_mismatched_dirs(tmp_path):
     config_path.write_text(json.dumps({**config, "dim": 64}))
     with pytest.raises(ValueError, match="does not fit"):
         Generator.from_pretrained(tmp_path / "gen")
+
+
+def test_a_config_saved_before_later_fields_loads_with_their_old_behaviour(tmp_path):
+    model = tiny_model(code_levels=[4, 4], digit_head=True)
+    model.save_pretrained(tmp_path / "gen")
+    config_path = tmp_path / "gen" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({key: value for key, value in config.items()
+                                       if key not in generator_module.LATER_FIELDS}))
+    loaded = Generator.from_pretrained(tmp_path / "gen")
+    assert loaded.config == model.config and loaded.config.digit_mixture == 1
 
 
 # ---- bad input -------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ MODEL_TYPE = "tokvid_generator"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SAMPLING_ORDERS = ("confidence", "random")
+# Config fields added after generators were first saved, with the value that behaves as before: a config.json
+# written without one loads with that value. A new field must be added here, or older generators stop loading.
+LATER_FIELDS = {"digit_mixture": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +65,8 @@ class GeneratorConfig:
                                  # embedding row per code
     digit_head: bool = False     # with code_levels: predict each digit independently (a smaller head, but the
                                  # product cannot say which digits go together); False = one softmax over codes
+    digit_mixture: int = 1       # with digit_head: p(code) is a mixture of this many digit products, so the head
+                                 # can say which digits go together (a square's cell, a circle's); 1 = one product
     text_pad_id: int = PAD_ID    # pad id of the text tokenizer; pad positions are never attended to
     text_bos_id: int = BOS_ID    # bos id; the null text is [bos, eos, pad, ...]
     text_eos_id: int = EOS_ID    # eos id
@@ -97,6 +102,10 @@ class GeneratorConfig:
             raise ValueError(f"digit_head must be true or false, got {self.digit_head!r}")
         if self.digit_head and self.code_levels is None:
             raise ValueError("digit_head needs code_levels (the video tokenizer's fsq_levels)")
+        if not isinstance(self.digit_mixture, int) or isinstance(self.digit_mixture, bool) or self.digit_mixture < 1:
+            raise ValueError(f"digit_mixture must be an int >= 1, got {self.digit_mixture!r}")
+        if self.digit_mixture > 1 and not self.digit_head:
+            raise ValueError(f"digit_mixture={self.digit_mixture} mixes digit products, so it needs digit_head")
         if not isinstance(self.spatial_rotary, bool):
             raise ValueError(f"spatial_rotary must be true or false, got {self.spatial_rotary!r}")
         if self.spatial_rotary and (self.dim // self.heads) % 8:
@@ -254,6 +263,21 @@ class ChunkEmbedding(nn.Module):
         return x, key_valid.flatten(1, 2)
 
 
+def widen_digit_head(head_weight: torch.Tensor, components: int, seed: int = 0,
+                     noise: float = 0.2) -> torch.Tensor:
+    """The weight of a `components`-way digit mixture head that starts from a one-product digit head's
+    weight (sum(levels), D): every component a copy of it, nudged by Gaussian noise of `noise` times its
+    standard deviation (identical components would get identical gradients and never part), and equal
+    component weights. The same seed gives the same weight on every rank."""
+    if components < 2:
+        raise ValueError(f"widening a digit head needs components >= 2, got {components}")
+    generator = torch.Generator().manual_seed(seed)
+    copies = head_weight.detach().float().cpu().repeat(components, 1)
+    copies += torch.randn(copies.shape, generator=generator) * noise * float(head_weight.float().std())
+    weights = torch.zeros(components, head_weight.shape[1])  # zero logits: the components start equally likely
+    return torch.cat([copies, weights]).to(head_weight.dtype)
+
+
 def digit_rows(levels: list[int]) -> torch.Tensor:
     """(prod(levels), len(levels)) long: for every code, the row of each of its digits in a table that
     stacks the digits of level 0, then level 1, ... (sum(levels) rows)."""
@@ -306,8 +330,10 @@ class Generator(nn.Module):
         self.embed = ChunkEmbedding(config)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.out_norm = nn.RMSNorm(config.dim)
-        # A digit head gives per-digit logits: log p(code) = sum of the digits' log-probs.
-        head_width = sum(config.code_levels) if config.digit_head else config.codebook_size
+        # A digit head gives per-digit logits: log p(code) = sum of the digits' log-probs. A mixture has one such
+        # set per component, then the components' weight logits: [component 0 digits | ... | weights].
+        head_width = config.codebook_size if not config.digit_head else (
+            config.digit_mixture * sum(config.code_levels) + (config.digit_mixture if config.digit_mixture > 1 else 0))
         self.head = nn.Linear(config.dim, head_width, bias=False)
         if config.digit_head:
             self.register_buffer("code_rows", digit_rows(config.code_levels), persistent=False)
@@ -401,27 +427,52 @@ class Generator(nn.Module):
             own_kvs.append(own_kv)
         return self.out_norm(x[:, self.config.text_length:]), own_kvs, key_valid
 
-    def _digit_log_probs(self, hidden: torch.Tensor) -> list[torch.Tensor]:
-        """Per-digit log-probabilities [(..., levels[i])] of hidden states (..., D)."""
-        return [part.log_softmax(dim=-1) for part in self.head(hidden).float().split(self.config.code_levels, dim=-1)]
+    def _digit_log_probs(self, hidden: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-digit log-probabilities [(..., K, levels[i])] of each of the K mixture components of hidden
+        states (..., D), and the components' log-weights (..., K)."""
+        components, levels = self.config.digit_mixture, self.config.code_levels
+        out = self.head(hidden).float()
+        digits = out[..., :components * sum(levels)].unflatten(-1, (components, sum(levels)))
+        log_weights = out[..., components * sum(levels):].log_softmax(dim=-1) if components > 1 \
+            else out.new_zeros(*out.shape[:-1], 1)
+        return [part.log_softmax(dim=-1) for part in digits.split(levels, dim=-1)], log_weights
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits over the codebook (..., codebook_size) in fp32."""
+        """Logits over the codebook (..., codebook_size) in fp32 (for a digit head, normalised log-probs)."""
         if not self.config.digit_head:
             return self.head(hidden).float()
-        digit_log_probs = torch.cat(self._digit_log_probs(hidden), dim=-1)
-        return sum(digit_log_probs[..., self.code_rows[:, i]] for i in range(len(self.config.code_levels)))
+        digit_log_probs, log_weights = self._digit_log_probs(hidden)
+        if self.config.digit_mixture == 1:
+            digit_log_probs = torch.cat(digit_log_probs, dim=-1)[..., 0, :]
+            return sum(digit_log_probs[..., self.code_rows[:, i]] for i in range(len(self.config.code_levels)))
+        # A mixture sums probabilities, so build each component's code table as an outer product of its digits'
+        # probabilities (most significant digit first: the flattened index is then the code), ~15x faster than
+        # one log-space table per component. Codes below 1e-30 are floored there so that CFG stays finite.
+        digit_probs = [log_probs.exp() for log_probs in digit_log_probs]
+        table = log_weights.exp()[..., None]  # (..., K, 1)
+        for probs in reversed(digit_probs[1:]):
+            table = (table[..., :, None] * probs[..., None, :]).flatten(-2)
+        codes = torch.einsum("...ka,...kb->...ab", table, digit_probs[0]).flatten(-2)
+        return codes.clamp_min(1e-30).log()
 
     def _cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy of (n, D) hidden states against (n,) codes, and the argmax codes."""
+        """Cross-entropy (n,) of (n, D) hidden states against (n,) codes, and the predicted codes (for a
+        digit mixture, the mode of the component whose mode is likeliest)."""
         if not self.config.digit_head:
             logits = self._logits(hidden)
-            return F.cross_entropy(logits, targets), logits.argmax(dim=-1)
-        # Per digit: the product distribution's cross-entropy is the sum of the digits' cross-entropies.
-        loss, predicted, basis = 0.0, torch.zeros_like(targets), 1
-        for size, log_probs in zip(self.config.code_levels, self._digit_log_probs(hidden)):
-            loss = loss + F.nll_loss(log_probs, (targets // basis) % size)
-            predicted, basis = predicted + log_probs.argmax(dim=-1) * basis, basis * size
+            return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(dim=-1)
+        digit_log_probs, log_weights = self._digit_log_probs(hidden)
+        target_log_probs, mode_log_probs = log_weights, log_weights.detach()
+        modes, basis = [], 1
+        for size, log_probs in zip(self.config.code_levels, digit_log_probs):
+            digit = ((targets // basis) % size)[:, None, None].expand(-1, log_probs.shape[1], 1)
+            target_log_probs = target_log_probs + log_probs.gather(-1, digit)[..., 0]
+            best = log_probs.detach().max(dim=-1)
+            mode_log_probs = mode_log_probs + best.values
+            modes.append(best.indices * basis)
+            basis *= size
+        loss = -torch.logsumexp(target_log_probs, dim=-1)
+        predicted = sum(modes).gather(-1, mode_log_probs.argmax(dim=-1, keepdim=True))[:, 0]
         return loss, predicted
 
     # ---- public passes -----------------------------------------------------------------------
@@ -495,7 +546,8 @@ class Generator(nn.Module):
             accuracy = 0.0
         else:
             targets = tokens[:, :used_chunks][selected]
-            loss, predicted = self._cross_entropy(hidden[selected], targets)
+            token_losses, predicted = self._cross_entropy(hidden[selected], targets)
+            loss = token_losses.mean()
             accuracy = float((predicted == targets).float().mean())
         valid_tokens = int(chunk_valid.sum()) * num_tokens
         logs = {"loss": float(loss.detach()), "masked_accuracy": accuracy,
@@ -619,6 +671,7 @@ class Generator(nn.Module):
         if model_type != MODEL_TYPE:
             raise ValueError(f"{config_path} describes a {model_type!r}, not a generator; pass a generator directory")
         known = {field.name for field in dataclasses.fields(GeneratorConfig)}
+        raw = {**{key: value for key, value in LATER_FIELDS.items() if key not in raw}, **raw}
         unknown, missing = sorted(set(raw) - known), sorted(known - set(raw))
         if unknown or missing:
             raise ValueError(f"{config_path} does not match this code's GeneratorConfig (unknown keys {unknown}, "

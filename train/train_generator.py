@@ -27,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--head", choices=["digits", "codes"], default=None,
                         help="output head: one softmax per FSQ digit (default for FSQ tokenizers) or one softmax "
                              "over all codes (default otherwise)")
+    parser.add_argument("--digit-mixture", type=int, default=1,
+                        help="the digit head as a mixture of this many digit products, so it can say which digits "
+                             "go together (1: independent digits); a fine-tune may widen a 1-product start")
     parser.add_argument("--init-from", default=None,
                         help="generator or pipeline directory to start from (fine-tuning; same configuration)")
     add_training_arguments(parser)
@@ -40,7 +43,8 @@ def main(argv=None) -> int:
         config, ds_config, args.data, preset=args.preset, num_frames=args.num_frames,
         text_tokenizer=args.text_tokenizer, video_tokenizer=args.video_tokenizer,
         text_vocab_size=args.text_vocab_size, text_length=args.text_length, window_chunks=args.window_chunks,
-        digit_head=None if args.head is None else args.head == "digits", init_from=args.init_from),
+        digit_head=None if args.head is None else args.head == "digits", digit_mixture=args.digit_mixture,
+        init_from=args.init_from),
         throughput_unit="tokens")
 
 
