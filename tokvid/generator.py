@@ -671,7 +671,7 @@ class Generator(nn.Module):
         if model_type != MODEL_TYPE:
             raise ValueError(f"{config_path} describes a {model_type!r}, not a generator; pass a generator directory")
         known = {field.name for field in dataclasses.fields(GeneratorConfig)}
-        raw = {**{key: value for key, value in LATER_FIELDS.items() if key not in raw}, **raw}
+        raw = {**LATER_FIELDS, **raw}  # a field the file lacks takes its old-behaviour value
         unknown, missing = sorted(set(raw) - known), sorted(known - set(raw))
         if unknown or missing:
             raise ValueError(f"{config_path} does not match this code's GeneratorConfig (unknown keys {unknown}, "
