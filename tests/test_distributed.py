@@ -152,7 +152,8 @@ def test_decoder_fine_tuning_through_the_script_keeps_the_codes(work, single):
     start = work / "single" / "export"
     common = ["--manifest", str(work / "data" / "manifest.jsonl"), "--preset", "tiny", "--num-frames", "5",
               "--size", "32", "--max-steps", "3", "--micro-batch", "2", "--lr", "1e-2", "--init-from", str(start)]
-    assert_ok(launch("train_tokenizer.py", common + ["--out", str(work / "decoder"), "--decoder-only"], 1, work))
+    assert_ok(launch("train_tokenizer.py", common + ["--out", str(work / "decoder"), "--decoder-only",
+                                                     "--code-noise", "0.3"], 1, work))
     before, after = VideoTokenizer.from_pretrained(start), VideoTokenizer.from_pretrained(work / "decoder" / "export")
     x = torch.rand(2, 3, 9, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
@@ -160,6 +161,8 @@ def test_decoder_fine_tuning_through_the_script_keeps_the_codes(work, single):
         assert not torch.equal(before(x)[0], after(x)[0])  # the decoder did train
     refusals = [(common + ["--out", str(work / "other_preset"), "--quantizer", "lfq"], "quantizer"),
                 (common + ["--out", str(work / "local"), "--local-codes"], "encoder_spatial_kernel"),
+                (common + ["--out", str(work / "noise"), "--code-noise", "1.5"], "--code-noise must be a probability"),
+                (common + ["--out", str(work / "lfq_noise"), "--quantizer", "lfq", "--code-noise", "0.1"], "FSQ digits"),
                 ([arg for arg in common if arg != str(start) and arg != "--init-from"]
                  + ["--out", str(work / "no_start"), "--decoder-only"], "--decoder-only needs --init-from")]
     for args, message in refusals:

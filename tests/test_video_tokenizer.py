@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from tokvid.video_tokenizer import ENCODER_MODULES, VideoTokenizer, VideoTokenizerConfig, video_tokenizer_preset
+from tokvid.video_tokenizer import (ENCODER_MODULES, VideoTokenizer, VideoTokenizerConfig, neighbour_codes,
+                                    video_tokenizer_preset)
 
 
 def tiny(**overrides) -> VideoTokenizer:
@@ -205,6 +206,38 @@ def test_tiny_training_lowers_the_loss():
         optimizer.step()
         losses.append(float(loss))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_code_noise_moves_one_digit_by_one_step_in_the_asked_share_of_tokens():
+    cfg = video_tokenizer_preset("tiny", fsq_levels=(7, 5, 3))
+    codes = torch.randint(105, (4, 5, 8, 8), generator=torch.Generator().manual_seed(0))
+    noisy = neighbour_codes(codes, cfg, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(noisy, neighbour_codes(codes, cfg, 0.3, torch.Generator().manual_seed(1)))  # seeded
+    assert torch.equal(neighbour_codes(codes, cfg, 0.0), codes)
+    slipped = noisy != codes
+    assert 0.25 < slipped.float().mean() < 0.35 and int(noisy.min()) >= 0 and int(noisy.max()) < 105
+
+    def digits(c):
+        return torch.stack([c % 7, c // 7 % 5, c // 35], dim=-1)
+
+    steps = (digits(noisy) - digits(codes)).abs()
+    assert torch.equal(steps.sum(-1), slipped.long())  # exactly one digit, exactly one step
+    all_low = torch.zeros(1000, dtype=torch.long)  # every digit at the bottom of its range: slips go up
+    assert bool((neighbour_codes(all_low, cfg, 1.0) > 0).all())
+    with pytest.raises(ValueError, match="FSQ"):
+        neighbour_codes(codes, video_tokenizer_preset("tiny", quantizer="lfq", codebook_size=64), 0.1)
+    with pytest.raises(ValueError, match="probability"):
+        neighbour_codes(codes, cfg, 1.5)
+
+
+def test_code_noise_changes_what_the_decoder_sees_but_not_the_codes_and_trains_everything():
+    tok = tiny().train()
+    x = random_video(9, batch=2)
+    clean, clean_logs = tok.training_loss(x)
+    noisy, noisy_logs = tok.training_loss(x, code_noise=0.5, generator=torch.Generator().manual_seed(0))
+    assert float(noisy) != float(clean) and noisy_logs["perplexity"] == clean_logs["perplexity"]
+    noisy.backward()
+    assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in tok.parameters())
 
 
 def test_decoder_fine_tuning_keeps_every_code_and_the_codes_fingerprint():

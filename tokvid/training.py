@@ -798,19 +798,24 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
                           size: int = 64, num_frames: int = 17, fps: float | None = None,
                           quantizer: str | None = None, fsq_levels: str | None = None,
                           cache_bytes: int = 1 << 30, init_from: str | Path | None = None,
-                          decoder_only: bool = False, local_codes: bool = False) -> TrainingResult:
+                          decoder_only: bool = False, local_codes: bool = False,
+                          code_noise: float = 0.0) -> TrainingResult:
     """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors.
 
     init_from (a tokenizer directory or bundled name) starts from trained weights; the model this run
     builds must have the same configuration. decoder_only (needs init_from) trains the decoder alone:
     the codes stay exactly those of init_from, so its token shards and generators remain valid.
     local_codes builds an encoder whose codes each see only their own patch (encoder_spatial_kernel=1).
+    code_noise trains the decoder on codes of which this share is one FSQ digit step off (see
+    VideoTokenizer.training_loss): with decoder_only, a decoder for a generator's slightly wrong codes.
     """
     from tokvid.datasets import ClipDataset, clip_frame_count
     from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
     if decoder_only and init_from is None:
         raise ValueError("--decoder-only needs --init-from: it fine-tunes the decoder of a trained tokenizer")
+    if not 0 <= code_noise <= 1:
+        raise ValueError(f"--code-noise must be a probability in [0, 1], got {code_noise}")
 
     overrides = {} if quantizer is None else {"quantizer": quantizer}
     if local_codes:
@@ -822,6 +827,8 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
             raise ValueError(f"--fsq-levels must be comma-separated integers like 8,5,5,5, got {fsq_levels!r}") from None
     # VQ codebooks are EMA buffers: without sync every rank would learn its own codebook.
     model_config = video_tokenizer_preset(preset, **overrides, vq_sync_codebook=True)
+    if code_noise and model_config.quantizer != "fsq":
+        raise ValueError(f"--code-noise moves FSQ digits; this tokenizer uses {model_config.quantizer!r}")
     dataset = ClipDataset(manifest, num_frames=num_frames, size=size,
                           temporal_compression=model_config.temporal_compression, fps=fps, cache_bytes=cache_bytes)
 
@@ -843,10 +850,11 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
         return model
 
     return run_training(config, ds_config, build_model, dataset,
-                        lambda model, batch, generator: model.training_loss(batch), clip_frame_count, export,
+                        lambda model, batch, generator: model.training_loss(batch, code_noise, generator),
+                        clip_frame_count, export,
                         run_info={"model_config": asdict(model_config), "manifest": str(manifest),
                                   "init_from": None if init_from is None else str(init_from),
-                                  "decoder_only": decoder_only})
+                                  "decoder_only": decoder_only, "code_noise": code_noise})
 
 
 def _tokenizer_start_weights(source: str | Path, model_config) -> dict[str, torch.Tensor]:

@@ -418,11 +418,18 @@ class VideoTokenizer(nn.Module):
             raise ValueError(f"codes must lie in [0, {self.vocab_size}); were they made by another tokenizer?")
 
     # -- training
-    def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """Reconstruction loss of a batch (B,3,T,H,W) in [-1,1], and scalar logs."""
+    def training_loss(self, x: Tensor, code_noise: float = 0.0,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+        """Reconstruction loss of a batch (B,3,T,H,W) in [-1,1], and scalar logs.
+
+        code_noise: the decoder sees, for this share of tokens, a neighbouring code (one FSQ digit one step
+        off), the kind of slip a generator makes, and must still draw the true video."""
         cfg = self.config
-        recon, codes, aux = self(x)
-        recon = recon.float()
+        quantized, codes, aux = self.quantizer(self.encode_latents(x))
+        if code_noise:
+            slipped = self.quantizer.codes_to_latents(neighbour_codes(codes, cfg, code_noise, generator))
+            quantized = quantized + (slipped.to(quantized.dtype) - quantized).detach()  # gradients pass straight through
+        recon = self.decode_latents(quantized).float()
         l1 = (recon - x).abs().mean()
         l2 = (recon - x).pow(2).mean()
         loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.aux_weight * aux
@@ -519,6 +526,32 @@ def difference_loss(recon: Tensor, target: Tensor) -> Tensor:
         if target.shape[dim] > 1:
             loss = loss + (recon.diff(dim=dim) - target.diff(dim=dim)).abs().mean()
     return loss
+
+
+def neighbour_codes(codes: Tensor, cfg: VideoTokenizerConfig, probability: float,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """FSQ codes where each token, with `probability`, has one random digit moved one step (reflected at
+    the ends of its range): the nearest wrong codes."""
+    if cfg.quantizer != "fsq":
+        raise ValueError(f"code noise needs an FSQ tokenizer (digits to move), this one uses {cfg.quantizer!r}")
+    if not 0 <= probability <= 1:
+        raise ValueError(f"code noise must be a probability in [0, 1], got {probability}")
+    levels = torch.tensor(cfg.fsq_levels, device=codes.device)
+    basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), dim=0)
+    digits = codes[..., None] // basis % levels
+
+    def draw(high: int | None = None) -> Tensor:
+        source = generator.device if generator is not None else codes.device
+        if high is None:
+            return torch.rand(codes.shape, generator=generator, device=source).to(codes.device)
+        return torch.randint(high, codes.shape, generator=generator, device=source).to(codes.device)
+
+    slip, which, step = draw() < probability, draw(len(cfg.fsq_levels)), draw(2) * 2 - 1
+    digit = digits.gather(-1, which[..., None])[..., 0]
+    moved = digit + step
+    moved = torch.where((moved < 0) | (moved >= levels[which]), digit - step, moved)
+    new_codes = codes + (moved - digit) * basis[which]
+    return torch.where(slip, new_codes, codes)
 
 
 def psnr_from_mse(mse_on_minus1_1: float) -> float:

@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="shapes tokenizer whose codes each see only their own 8x8 patch (no halo)")
     parser.add_argument("--decoder-steps", type=int, default=2000,
                         help="then the tokenizer's decoder alone (same codes, sharper shapes; 0: none)")
+    parser.add_argument("--decoder-code-noise", type=float, default=0.2,
+                        help="share of tokens the decoder sees one FSQ digit step off, as a generator's near misses")
     parser.add_argument("--generator-steps", type=int, default=1250)
     parser.add_argument("--generator-preset", default="small")
     parser.add_argument("--generator-batch", type=int, default=12, help="clips per generator step, split across ranks")
@@ -105,7 +107,8 @@ def main(argv=None) -> int:
     if args.decoder_steps > 0:
         if not (decoder / "export" / "model.safetensors").exists():
             run(tokenizer_command + ["--out", str(decoder), "--max-steps", str(args.decoder_steps), "--warmup-steps", "50",
-                                     "--init-from", str(video_tokenizer), "--decoder-only"])
+                                     "--init-from", str(video_tokenizer), "--decoder-only",
+                                     "--code-noise", str(args.decoder_code_noise)])
         video_tokenizer = decoder / "export"  # the same codes as tokenizer/export, decoded more sharply
     if not (shards / "info.json").exists():
         shutil.rmtree(shards, ignore_errors=True)

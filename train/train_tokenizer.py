@@ -24,6 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fsq-levels", default=None, help="override the preset's FSQ levels, e.g. 8,5,5,5")
     parser.add_argument("--local-codes", action="store_true",
                         help="every code sees only its own patch: an object changes only the tokens it covers")
+    parser.add_argument("--code-noise", type=float, default=0.0,
+                        help="share of tokens the decoder sees one FSQ digit step off in training, so it draws "
+                             "clean pictures from a generator's near-miss codes (with --decoder-only)")
     parser.add_argument("--cache-gb", type=float, default=1.0, help="decoded-clip cache per rank")
     parser.add_argument("--init-from", default=None,
                         help="tokenizer directory or bundled name to start from (fine-tuning; same configuration)")
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
         config, ds_config, args.manifest, preset=args.preset, size=args.size, num_frames=args.num_frames,
         fps=args.fps, quantizer=args.quantizer, fsq_levels=args.fsq_levels, cache_bytes=int(args.cache_gb * 2**30),
         init_from=args.init_from, decoder_only=args.decoder_only,
-        local_codes=args.local_codes), throughput_unit="frames")
+        local_codes=args.local_codes, code_noise=args.code_noise), throughput_unit="frames")
 
 
 if __name__ == "__main__":
