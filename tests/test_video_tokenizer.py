@@ -222,6 +222,9 @@ def test_code_noise_moves_one_digit_by_one_step_in_the_asked_share_of_tokens():
 
     steps = (digits(noisy) - digits(codes)).abs()
     assert torch.equal(steps.sum(-1), slipped.long())  # exactly one digit, exactly one step
+    quantizer = VideoTokenizer(cfg).quantizer  # and the digits are the quantizer's own channels
+    changed = (quantizer.codes_to_latents(noisy) - quantizer.codes_to_latents(codes)).abs() > 1e-6
+    assert torch.equal(changed.sum(-1), slipped.long())
     all_low = torch.zeros(1000, dtype=torch.long)  # every digit at the bottom of its range: slips go up
     assert bool((neighbour_codes(all_low, cfg, 1.0) > 0).all())
     with pytest.raises(ValueError, match="FSQ"):
