@@ -810,12 +810,10 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
     VideoTokenizer.training_loss): with decoder_only, a decoder for a generator's slightly wrong codes.
     """
     from tokvid.datasets import ClipDataset, clip_frame_count
-    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+    from tokvid.video_tokenizer import VideoTokenizer, check_code_noise, video_tokenizer_preset
 
     if decoder_only and init_from is None:
         raise ValueError("--decoder-only needs --init-from: it fine-tunes the decoder of a trained tokenizer")
-    if not 0 <= code_noise <= 1:
-        raise ValueError(f"--code-noise must be a probability in [0, 1], got {code_noise}")
 
     overrides = {} if quantizer is None else {"quantizer": quantizer}
     if local_codes:
@@ -827,8 +825,8 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
             raise ValueError(f"--fsq-levels must be comma-separated integers like 8,5,5,5, got {fsq_levels!r}") from None
     # VQ codebooks are EMA buffers: without sync every rank would learn its own codebook.
     model_config = video_tokenizer_preset(preset, **overrides, vq_sync_codebook=True)
-    if code_noise and model_config.quantizer != "fsq":
-        raise ValueError(f"--code-noise moves FSQ digits; this tokenizer uses {model_config.quantizer!r}")
+    if code_noise:
+        check_code_noise(model_config, code_noise, "--code-noise")
     dataset = ClipDataset(manifest, num_frames=num_frames, size=size,
                           temporal_compression=model_config.temporal_compression, fps=fps, cache_bytes=cache_bytes)
 

@@ -528,14 +528,19 @@ def difference_loss(recon: Tensor, target: Tensor) -> Tensor:
     return loss
 
 
+def check_code_noise(cfg: VideoTokenizerConfig, probability: float, name: str = "code noise") -> None:
+    """ValueError unless `probability` of neighbouring codes (see neighbour_codes) makes sense for cfg."""
+    if not 0 <= probability <= 1:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {probability}")
+    if cfg.quantizer != "fsq":
+        raise ValueError(f"{name} moves FSQ digits; this tokenizer uses {cfg.quantizer!r}")
+
+
 def neighbour_codes(codes: Tensor, cfg: VideoTokenizerConfig, probability: float,
                     generator: torch.Generator | None = None) -> Tensor:
     """FSQ codes where each token, with `probability`, has one random digit moved one step (reflected at
     the ends of its range): the nearest wrong codes."""
-    if cfg.quantizer != "fsq":
-        raise ValueError(f"code noise needs an FSQ tokenizer (digits to move), this one uses {cfg.quantizer!r}")
-    if not 0 <= probability <= 1:
-        raise ValueError(f"code noise must be a probability in [0, 1], got {probability}")
+    check_code_noise(cfg, probability)
     levels = torch.tensor(cfg.fsq_levels, device=codes.device)
     basis = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), dim=0)
     digits = codes[..., None] // basis % levels
