@@ -96,9 +96,15 @@ def build_sets(args) -> dict[str, list]:
     return sets
 
 
+def interval(summary: dict) -> str:
+    """The 95% interval of the segment accuracy, as the tables print it."""
+    low, high = summary["segment_accuracy_interval"]
+    return f"{low:.2f}-{high:.2f}"
+
+
 def report_row(name: str, summary: dict) -> list:
-    return [name, summary["videos"], summary["segment_accuracy"], summary["video_accuracy"], summary["colour_accuracy"],
-            summary["shape_accuracy"], summary["motion_accuracy"], summary["identity_rate"],
+    return [name, summary["videos"], summary["segment_accuracy"], interval(summary), summary["video_accuracy"],
+            summary["colour_accuracy"], summary["shape_accuracy"], summary["motion_accuracy"], summary["identity_rate"],
             summary["clean_frame_rate"], summary["frozen_video_rate"], summary["seconds_per_video"]]
 
 
@@ -122,8 +128,9 @@ def run_sets(args, generate, out: Path) -> dict:
                                     enumerate(zip(stories, result["seconds"], result["scores"]))]}
         rows.append(report_row(name, result["summary"]))
     if rows:
-        common.print_table("shapes-v1 accuracy", ["set", "videos", "segment acc", "video acc", "colour", "shape",
-                                                  "motion", "identity", "clean frames", "frozen", "s/video"], rows)
+        common.print_table("shapes-v1 accuracy", ["set", "videos", "segment acc", "95% interval", "video acc", "colour",
+                                                  "shape", "motion", "identity", "clean frames", "frozen", "s/video"],
+                           rows)
     if "long" in results:
         drift = results["long"]["summary"]["accuracy_by_segment_index"]
         common.print_table("long stories: accuracy per 16-frame segment (drift)", ["segment", "accuracy"],
@@ -145,12 +152,12 @@ def run_sweep(args, generate) -> list[dict]:
                 run = run_suite(lambda story, seed: generate(story, seed, **settings), stories, seed=args.seed)
                 summary = run["summary"]
                 results.append({**settings, **summary})
-                rows.append([cfg, steps, temperature, summary["segment_accuracy"], summary["frozen_video_rate"],
-                             summary["seconds_per_video"]])
+                rows.append([cfg, steps, temperature, summary["segment_accuracy"], interval(summary),
+                             summary["frozen_video_rate"], summary["seconds_per_video"]])
                 print(f"cfg {cfg} steps {steps} temperature {temperature}: accuracy "
                       f"{summary['segment_accuracy']:.3f} in {summary['seconds_per_video']:.2f} s/video", flush=True)
     common.print_table(f"sweep on {len(stories)} single prompts", ["cfg", "steps", "temperature", "accuracy",
-                                                                   "frozen", "s/video"], rows)
+                                                                   "95% interval", "frozen", "s/video"], rows)
     return results
 
 

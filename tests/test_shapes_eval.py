@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tokvid.shapes import COLOURS, caption, random_story, render_story
-from tokvid.shapes_eval import score_video, summarize
+from tokvid.shapes_eval import score_video, summarize, wilson_interval
 from tokvid.video_io import read_video, write_video
 
 
@@ -25,6 +25,20 @@ def test_ground_truth_scores_all_right_also_after_lossy_mp4(tmp_path):
     summary = summarize(scores)
     assert summary["segment_accuracy"] == summary["clean_frame_rate"] == summary["identity_rate"] == 1.0
     assert summary["frozen_video_rate"] == 0.0
+    low, high = summary["segment_accuracy_interval"]
+    assert high == 1.0 and 0.9 < low < 1.0  # all right on a few dozen segments: sure, but not of 100%
+
+
+def test_wilson_interval_matches_known_values_and_narrows_with_more_videos():
+    # reference values of the Wilson score interval (z = 1.96)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(6, 21) == pytest.approx((0.1381, 0.4996), abs=1e-4)
+    small, large = wilson_interval(6, 21), wilson_interval(30, 105)
+    assert large[1] - large[0] < small[1] - small[0]
+    for bad in ((3, 2), (-1, 4), (0, 0)):
+        with pytest.raises(ValueError):
+            wilson_interval(*bad)
 
 
 def test_without_leading_frame_is_accepted():
