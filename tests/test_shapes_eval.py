@@ -26,7 +26,7 @@ def test_ground_truth_scores_all_right_also_after_lossy_mp4(tmp_path):
     assert summary["segment_accuracy"] == summary["clean_frame_rate"] == summary["identity_rate"] == 1.0
     assert summary["frozen_video_rate"] == 0.0
     low, high = summary["segment_accuracy_interval"]
-    assert high == 1.0 and 0.9 < low < 1.0  # all right on a few dozen segments: sure, but not of 100%
+    assert high == 1.0 and 0.9 < low < 1.0  # a few dozen segments all right still bound the rate below 1
 
 
 def test_wilson_interval_matches_known_values_and_narrows_with_more_videos():

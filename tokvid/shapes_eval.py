@@ -214,8 +214,8 @@ def _judge_motion(objects: list, frames: np.ndarray, motion: str, steps: int, fr
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """95% (z=1.96) Wilson score interval of a success rate: on 21 videos one rate of 0.29 is anything
-    from 0.14 to 0.50, so two settings are only told apart when their intervals barely overlap."""
+    """95% (z=1.96) Wilson score interval of a success rate. On 21 videos a measured 0.29 is anything
+    from 0.14 to 0.50, so gaps between settings smaller than that are not evidence."""
     if trials < 1 or not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
     rate, z2 = successes / trials, z * z
