@@ -230,6 +230,7 @@ def summarize(scores: Sequence[dict]) -> dict:
         raise ValueError("summarize needs at least one score_video result")
     segments = [s for score in scores for s in score["segments"]]
     frames = [flag for score in scores for flag in score["clean_frames"]]
+    segment_ok = [bool(s["ok"]) for s in segments]
     stories = [score for score in scores if len(score["segments"]) > 1]
     judged = [s["frozen"] for s in segments if s["frozen"] is not None]
     by_index: dict[int, list[bool]] = {}
@@ -239,8 +240,8 @@ def summarize(scores: Sequence[dict]) -> dict:
         "videos": len(scores),
         "segments": len(segments),
         "video_accuracy": float(np.mean([score["all_ok"] for score in scores])),
-        "segment_accuracy": float(np.mean([s["ok"] for s in segments])),
-        "segment_accuracy_interval": wilson_interval(sum(bool(s["ok"]) for s in segments), len(segments)),
+        "segment_accuracy": float(np.mean(segment_ok)),
+        "segment_accuracy_interval": wilson_interval(sum(segment_ok), len(segment_ok)),
         "colour_accuracy": float(np.mean([s["colour_ok"] for s in segments])),
         "shape_accuracy": float(np.mean([s["shape_ok"] for s in segments])),
         "motion_accuracy": float(np.mean([s["motion_ok"] for s in segments])),
