@@ -161,6 +161,9 @@ def test_decoder_fine_tuning_through_the_script_keeps_the_codes(work, single):
         assert not torch.equal(before(x)[0], after(x)[0])  # the decoder did train
     refusals = [(common + ["--out", str(work / "other_preset"), "--quantizer", "lfq"], "quantizer"),
                 (common + ["--out", str(work / "local"), "--local-codes"], "encoder_spatial_kernel"),
+                (common + ["--out", str(work / "coarser"), "--spatial-compression", "16"], "spatial_compression"),
+                (common + ["--out", str(work / "odd_factor"), "--spatial-compression", "12"],
+                 "--spatial-compression must be 4 times a power of two"),
                 (common + ["--out", str(work / "noise"), "--code-noise", "1.5"], "--code-noise must be a probability"),
                 (common + ["--out", str(work / "lfq_noise"), "--quantizer", "lfq", "--code-noise", "0.1"], "FSQ digits"),
                 ([arg for arg in common if arg != str(start) and arg != "--init-from"]

@@ -252,11 +252,26 @@ def test_activation_checkpointing_keeps_outputs_and_gradients():
     assert all(torch.allclose(a, b) for a, b in zip(outputs[0][1], outputs[1][1]))
 
 
+def test_spatial_compression_adds_or_drops_per_frame_levels():
+    from tokvid.training import spatial_compression_overrides
+    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+
+    tiny = video_tokenizer_preset("tiny")  # 8x: widths (8, 16) after a 4x stem
+    assert spatial_compression_overrides(tiny, 16) == {"spatial_compression": 16, "frame_channels": (8, 16, 32)}
+    assert spatial_compression_overrides(tiny, 4) == {"spatial_compression": 4, "frame_channels": (8,)}
+    model = VideoTokenizer(video_tokenizer_preset("tiny", **spatial_compression_overrides(tiny, 16)))
+    with torch.no_grad():
+        assert model.encode(torch.zeros(1, 3, 5, 32, 64)).shape == (1, 2, 2, 4)
+    for bad in (12, 2, 0):
+        with pytest.raises(ValueError, match="4 times a power of two"):
+            spatial_compression_overrides(tiny, bad)
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--tokenizer-ranks", "3"], "must divide"), (["--generator-ranks", "2", "--generator-batch", "5"], "must divide"),
     (["--finetune-ranks", "3"], "must divide"), (["--generator-ranks", "0"], "must divide"),
-    (["--threads", "0"], "must be >= 1")])
-def test_recipe_rejects_ranks_that_do_not_split_the_batches(tmp_path, flags, message, capsys):
+    (["--threads", "0"], "must be >= 1"), (["--spatial-compression", "12"], "4 times a power of two")])
+def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, flags, message, capsys):
     import importlib.util
     from pathlib import Path
 

@@ -799,7 +799,7 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
                           quantizer: str | None = None, fsq_levels: str | None = None,
                           cache_bytes: int = 1 << 30, init_from: str | Path | None = None,
                           decoder_only: bool = False, local_codes: bool = False,
-                          code_noise: float = 0.0) -> TrainingResult:
+                          code_noise: float = 0.0, spatial_compression: int | None = None) -> TrainingResult:
     """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors.
 
     init_from (a tokenizer directory or bundled name) starts from trained weights; the model this run
@@ -808,6 +808,7 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
     local_codes builds an encoder whose codes each see only their own patch (encoder_spatial_kernel=1).
     code_noise trains the decoder on codes of which this share is one FSQ digit step off (see
     VideoTokenizer.training_loss): with decoder_only, a decoder for a generator's slightly wrong codes.
+    spatial_compression overrides the preset's pixels per token side (see spatial_compression_overrides).
     """
     from tokvid.datasets import ClipDataset, clip_frame_count
     from tokvid.video_tokenizer import VideoTokenizer, check_code_noise, video_tokenizer_preset
@@ -823,6 +824,8 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
             overrides["fsq_levels"] = tuple(int(level) for level in str(fsq_levels).split(","))
         except ValueError:
             raise ValueError(f"--fsq-levels must be comma-separated integers like 8,5,5,5, got {fsq_levels!r}") from None
+    if spatial_compression is not None:
+        overrides.update(spatial_compression_overrides(video_tokenizer_preset(preset), spatial_compression))
     # VQ codebooks are EMA buffers: without sync every rank would learn its own codebook.
     model_config = video_tokenizer_preset(preset, **overrides, vq_sync_codebook=True)
     if code_noise:
@@ -855,13 +858,30 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
                                   "decoder_only": decoder_only, "code_noise": code_noise})
 
 
+def spatial_compression_overrides(preset_config, spatial_compression: int) -> dict:
+    """Config overrides that give `preset_config` another spatial compression: one per-frame level per
+    factor of two, each new level twice as wide as the last (as the preset's own levels grow), and fewer
+    levels for less compression."""
+    patch = preset_config.stem_patch
+    ratio = spatial_compression // patch
+    if spatial_compression < patch or spatial_compression % patch or ratio & (ratio - 1):
+        raise ValueError(f"--spatial-compression must be {patch} times a power of two (4, 8, 16, ...), "
+                         f"got {spatial_compression}")
+    levels = 1 + int(math.log2(ratio))
+    widths = list(preset_config.frame_channels[:levels])
+    while len(widths) < levels:
+        widths.append(2 * widths[-1])
+    return {"spatial_compression": spatial_compression, "frame_channels": tuple(widths)}
+
+
 def _tokenizer_start_weights(source: str | Path, model_config) -> dict[str, torch.Tensor]:
     """The weights of the video tokenizer `source` (a directory or bundled name), checked against the
     configuration this run builds (trainers set vq_sync_codebook, exports clear it)."""
     from tokvid.video_tokenizer import VideoTokenizer
 
     return _checked_start_weights(VideoTokenizer.from_pretrained(source), source, model_config, "tokenizer",
-                                  "the --preset, --quantizer, --fsq-levels and --local-codes", ignore=("vq_sync_codebook",))
+                                  "the --preset, --quantizer, --fsq-levels, --local-codes and --spatial-compression",
+                                  ignore=("vq_sync_codebook",))
 
 
 def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: str | Path, preset: str = "small",

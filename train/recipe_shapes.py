@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer-steps", type=int, default=1200)
     parser.add_argument("--tokenizer-preset", default="small")
     parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
+    parser.add_argument("--spatial-compression", type=int, default=None,
+                        help="pixels per token side of the shapes tokenizer (default: the preset's 8)")
     parser.add_argument("--local-codes", action=argparse.BooleanOptionalAction, default=False,
                         help="shapes tokenizer whose codes each see only their own 8x8 patch (no halo)")
     parser.add_argument("--decoder-steps", type=int, default=2000,
@@ -37,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--decoder-code-noise", type=float, default=0.2,
                         help="share of tokens the decoder sees one FSQ digit step off, as a generator's near misses")
     parser.add_argument("--generator-steps", type=int, default=1250)
+    parser.add_argument("--generator-lr", type=float, default=1e-3)
     parser.add_argument("--generator-preset", default="small")
     parser.add_argument("--generator-batch", type=int, default=12, help="clips per generator step, split across ranks")
     parser.add_argument("--generator-frames", type=int, default=21, help="frames per generator training window")
@@ -55,6 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 ("finetune", args.finetune_ranks, args.finetune_batch)):
         if ranks < 1 or batch % ranks:
             parser.error(f"--{stage}-ranks {ranks} must divide the {stage} batch ({batch})")
+    if args.spatial_compression is not None:  # checked here, before any stage starts
+        from tokvid.training import spatial_compression_overrides
+        from tokvid.video_tokenizer import video_tokenizer_preset
+
+        try:
+            spatial_compression_overrides(video_tokenizer_preset(args.tokenizer_preset), args.spatial_compression)
+        except ValueError as error:
+            parser.error(str(error))
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     return args
@@ -99,7 +110,8 @@ def main(argv=None) -> int:
     tokenizer_command = launcher(args, "train_tokenizer.py", args.tokenizer_ranks, args.seed) + [
         "--manifest", str(data / "manifest.jsonl"), "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels,
         "--lr", "1e-3", "--micro-batch", str(TOKENIZER_BATCH // args.tokenizer_ranks), "--num-frames", "9",
-        "--cache-gb", "3", "--save-every", "250"] + (["--local-codes"] if args.local_codes else [])
+        "--cache-gb", "3", "--save-every", "250"] + (["--local-codes"] if args.local_codes else []) + (
+        ["--spatial-compression", str(args.spatial_compression)] if args.spatial_compression else [])
     if not (tokenizer / "export" / "model.safetensors").exists():
         run(tokenizer_command + ["--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
                                  "--warmup-steps", "100"])
@@ -119,8 +131,8 @@ def main(argv=None) -> int:
                          str(args.generator_frames), "--window-chunks", "6", "--save-every", "250"]
     if not (generator / "export" / "pipeline.json").exists():
         run(launcher(args, "train_generator.py", args.generator_ranks, args.seed) + generator_options + [
-            "--out", str(generator), "--max-steps", str(args.generator_steps), "--lr", "1e-3", "--warmup-steps", "100",
-            "--micro-batch", str(args.generator_batch // args.generator_ranks)])
+            "--out", str(generator), "--max-steps", str(args.generator_steps), "--lr", str(args.generator_lr),
+            "--warmup-steps", "100", "--micro-batch", str(args.generator_batch // args.generator_ranks)])
     final = generator
     if args.finetune_steps > 0:
         final = out / "generator_finetune"

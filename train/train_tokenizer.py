@@ -22,6 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=None, help="resample videos to this frame rate")
     parser.add_argument("--quantizer", choices=("fsq", "lfq", "vq"), default=None, help="override the preset's")
     parser.add_argument("--fsq-levels", default=None, help="override the preset's FSQ levels, e.g. 8,5,5,5")
+    parser.add_argument("--spatial-compression", type=int, default=None,
+                        help="pixels per token side instead of the preset's 8 (16: a quarter of the tokens)")
     parser.add_argument("--local-codes", action="store_true",
                         help="every code sees only its own patch: an object changes only the tokens it covers")
     parser.add_argument("--code-noise", type=float, default=0.0,
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
         config, ds_config, args.manifest, preset=args.preset, size=args.size, num_frames=args.num_frames,
         fps=args.fps, quantizer=args.quantizer, fsq_levels=args.fsq_levels, cache_bytes=int(args.cache_gb * 2**30),
         init_from=args.init_from, decoder_only=args.decoder_only,
-        local_codes=args.local_codes, code_noise=args.code_noise), throughput_unit="frames")
+        local_codes=args.local_codes, code_noise=args.code_noise,
+        spatial_compression=args.spatial_compression), throughput_unit="frames")
 
 
 if __name__ == "__main__":
