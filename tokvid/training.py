@@ -862,12 +862,9 @@ def spatial_compression_overrides(preset_config, spatial_compression: int) -> di
     """Config overrides that give `preset_config` another spatial compression: one per-frame level per
     factor of two, each new level twice as wide as the last (as the preset's own levels grow), and fewer
     levels for less compression."""
-    patch = preset_config.stem_patch
-    ratio = spatial_compression // patch
-    if spatial_compression < patch or spatial_compression % patch or ratio & (ratio - 1):
-        raise ValueError(f"--spatial-compression must be {patch} times a power of two (4, 8, 16, ...), "
-                         f"got {spatial_compression}")
-    levels = 1 + int(math.log2(ratio))
+    from tokvid.video_tokenizer import frame_levels
+
+    levels = frame_levels(spatial_compression, preset_config.stem_patch, "--spatial-compression")
     widths = list(preset_config.frame_channels[:levels])
     while len(widths) < levels:
         widths.append(2 * widths[-1])

@@ -70,9 +70,9 @@ class VideoTokenizerConfig:
         tc, sc, p = self.temporal_compression, self.spatial_compression, self.stem_patch
         if tc < 1:
             raise ValueError(f"temporal_compression must be >= 1, got {tc}")
-        if p < 1 or sc < p or sc % p or (sc // p) & (sc // p - 1):
-            raise ValueError(f"spatial_compression ({sc}) must be stem_patch ({p}) times a power of two")
-        levels = 1 + int(math.log2(sc // p))
+        if p < 1:
+            raise ValueError(f"stem_patch must be >= 1, got {p}")
+        levels = frame_levels(sc, p)
         if len(self.frame_channels) != levels:
             raise ValueError(f"frame_channels needs {levels} widths for spatial_compression={sc} and "
                              f"stem_patch={p}, got {self.frame_channels}")
@@ -110,6 +110,16 @@ class VideoTokenizerConfig:
         for the window's own first latent frame, which is coded as an image. Used by chunked coding."""
         frame_level = math.ceil((self.temporal_kernel - 1) / self.temporal_compression)
         return self.latent_blocks * (self.temporal_kernel - 1) + frame_level + 2
+
+
+def frame_levels(spatial_compression: int, stem_patch: int, name: str = "spatial_compression") -> int:
+    """Per-frame resolution levels (widths in frame_channels) for a spatial compression: the stem, then
+    one per factor of two. `name` is what the error calls the compression (a config field or a flag)."""
+    ratio = spatial_compression // stem_patch
+    if spatial_compression < stem_patch or spatial_compression % stem_patch or ratio & (ratio - 1):
+        raise ValueError(f"{name} must be {stem_patch} times a power of two (stem_patch {stem_patch}), "
+                         f"got {spatial_compression}")
+    return 1 + int(math.log2(ratio))
 
 
 def video_tokenizer_preset(name: str, **overrides) -> VideoTokenizerConfig:
