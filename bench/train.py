@@ -1,12 +1,13 @@
 """Training throughput and model FLOP utilisation (MFU) of the DeepSpeed trainer.
 
     python bench/train.py [--models generator tokenizer] [--generator-presets small base] [--steps 12]
-                          [--out bench/results/train.json]
+                          [--generator-token-patches 1 2] [--out bench/results/train.json]
 
 For reference generators (presets "small" and "base", 64x64 shapes-sized chunks) and a tokenizer
 (preset "small", 17x64x64 clips), on synthetic data:
   - one process x 2 threads, and 2 ranks x 1 thread under `deepspeed --num_gpus 2` (ZeRO-2, gloo);
-  - tokens/s (generator) or frames/s (tokenizer): median over the steps after --warmup;
+  - tokens/s (generator) or frames/s (tokenizer): median over the steps after --warmup; generators with
+    a token patch (2: a 2x2 patch of tokens per transformer position) are rows of their own;
   - MFU = model FLOP/s / fp32 GEMM FLOP/s, timed inside the same processes just before and after
     training (for 2 ranks: both ranks at once, summed). The GEMM has the shape of the generator's MLP
     (tokens x dim x 4dim); for the tokenizer, whose oneDNN convolutions beat thin GEMMs of their
@@ -46,7 +47,7 @@ def _generator_config(params: dict):
     chunks = num_chunks_for_frames(NUM_FRAMES, 4)
     config = generator_config_preset(params["preset"], codebook_size=CODEBOOK, text_vocab_size=TEXT_VOCAB,
                                      text_length=TEXT_LENGTH, chunk_height=grid, chunk_width=grid,
-                                     window_chunks=min(4, chunks))
+                                     window_chunks=min(4, chunks), token_patch=params.get("token_patch", 1))
     return config, chunks
 
 
@@ -151,12 +152,13 @@ def phase_flops(params: dict) -> dict:
 
 def generator_closed_form_flops(model, batch: int, chunks: int, masked_tokens: float) -> float:
     """6 x (block matmul params) per position + attention scores/values over the allowed keys + output head on
-    masked tokens. With clean_context the training sequence holds a clean copy of chunks 0..t-2 besides the
-    masked chunks (it is work the training method needs, so it counts)."""
+    masked tokens, + a token patch's merge and split maps per video position. With clean_context the training
+    sequence holds a clean copy of chunks 0..t-2 besides the masked chunks (it is work the training method
+    needs, so it counts)."""
     import torch
 
     config = model.config
-    per_chunk = config.text_length + config.chunk_tokens
+    per_chunk = config.text_length + config.chunk_positions
     window = config.window_chunks
     if config.clean_context:
         keys_per_query_chunk = ([min(c + 1, window) * per_chunk for c in range(chunks - 1)]  # clean copy
@@ -168,7 +170,10 @@ def generator_closed_form_flops(model, batch: int, chunks: int, masked_tokens: f
     block_params = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
     attention = 12 * config.depth * config.dim * keys  # QK^T and AV, forward + backward
     head = 6 * config.dim * model.head.out_features * masked_tokens
-    return 6 * block_params * positions + attention + head
+    patch_params = sum(m.weight.numel() for m in (getattr(model.embed, "merge_patch", None),
+                                                  getattr(model, "split_patch", None)) if m is not None)
+    video_positions = positions // per_chunk * config.chunk_positions
+    return 6 * block_params * positions + attention + head + 6 * patch_params * video_positions
 
 
 def phase_train(params: dict) -> dict:
@@ -231,19 +236,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the median")
     parser.add_argument("--generator-presets", nargs="+", default=["small", "base"], choices=("tiny", "small", "base"),
                         help="generator sizes to measure")
+    parser.add_argument("--generator-token-patches", nargs="+", type=int, default=[1],
+                        help="token patches to measure each generator preset with (2: 2x2 tokens per position)")
     parser.add_argument("--generator-batch", type=int, default=4, help="generator micro-batch (global, split by ranks)")
     parser.add_argument("--tokenizer-batch", type=int, default=2, help="tokenizer micro-batch (global, split by ranks)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     return parser.parse_args()
 
 
-def bench_model(script: Path, model: str, preset: str, global_batch: int, args) -> dict:
-    params = {"model": model, "preset": preset, "steps": args.steps, "warmup": args.warmup}
+def bench_model(script: Path, model: str, preset: str, token_patch: int, global_batch: int, args) -> dict:
+    params = {"model": model, "preset": preset, "token_patch": token_patch, "steps": args.steps, "warmup": args.warmup}
     flops = common.run_phase(script, "flops", {**params, "micro_batch": global_batch}, threads=1)
     if model == "generator":  # the GEMM of the MLP's first layer over every position of a step
         config, chunks = _generator_config(params)
         sequence_chunks = 2 * chunks - 1 if config.clean_context else chunks
-        shape = [global_batch * sequence_chunks * (config.text_length + config.chunk_tokens), config.dim, 4 * config.dim]
+        shape = [global_batch * sequence_chunks * (config.text_length + config.chunk_positions), config.dim,
+                 4 * config.dim]
     else:  # oneDNN convolutions run near the machine's peak, so compare with a well-shaped square GEMM
         shape = [1024, 1024, 1024]
     single = common.run_phase(script, "train", {**params, "shape": shape, "micro_batch": global_batch}, threads=2)
@@ -251,7 +259,8 @@ def bench_model(script: Path, model: str, preset: str, global_batch: int, args) 
     counted_per_unit = flops["flops_per_micro_batch"] / flops["units_per_micro_batch"]
     # FlopCounterMode does not count CPU scaled_dot_product_attention, so the generator uses its closed form.
     flops_per_unit = flops.get("closed_form_flops", flops["flops_per_micro_batch"]) / flops["units_per_micro_batch"]
-    result = {"model": f"{model} {preset}", "unit": flops["unit"], "parameters": flops["parameters"], "global_batch": global_batch,
+    name = f"{model} {preset}" + (f" patch {token_patch}" if token_patch > 1 else "")
+    result = {"model": name, "unit": flops["unit"], "parameters": flops["parameters"], "global_batch": global_batch,
               "flops_per_unit": flops_per_unit, "flop_counter_per_unit": counted_per_unit,
               "matmul_shape": shape, "single_matmul_gflops": single["matmul_gflops"],
               "two_ranks_matmul_gflops": pair["matmul_gflops"],
@@ -267,11 +276,12 @@ def main() -> None:
     script = Path(__file__).resolve()
     results = {"run": common.run_info(2), "results": []}
     batches = {"generator": args.generator_batch, "tokenizer": args.tokenizer_batch}
-    runs = [("generator", preset) for preset in args.generator_presets] * ("generator" in args.models)
-    runs += [("tokenizer", "small")] * ("tokenizer" in args.models)
-    for model, preset in runs:
-        print(f"benchmarking {model} {preset} ...", flush=True)
-        results["results"].append(bench_model(script, model, preset, batches[model], args))
+    runs = [("generator", preset, patch) for preset in args.generator_presets
+            for patch in args.generator_token_patches] * ("generator" in args.models)
+    runs += [("tokenizer", "small", 1)] * ("tokenizer" in args.models)
+    for model, preset, patch in runs:
+        print(f"benchmarking {model} {preset}" + (f" patch {patch}" if patch > 1 else "") + " ...", flush=True)
+        results["results"].append(bench_model(script, model, preset, patch, batches[model], args))
     rows = [[r["model"], r["parameters"], r["global_batch"], r["flops_per_unit"] / 1e6, r["flop_counter_per_unit"] / 1e6,
              "x".join(map(str, r["matmul_shape"])), r["single_matmul_gflops"], r["single_2_threads_per_s"], r["single_mfu"],
              r["two_ranks_matmul_gflops"], r["two_ranks_per_s"], r["two_ranks_mfu"], r["two_ranks_over_single"]]

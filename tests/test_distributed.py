@@ -246,6 +246,10 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configura
                     1, work)
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert result.returncode == 2 and len(errors) == 1 and "window_chunks" in errors[0], result.stderr[-2000:]
+    result = launch("train_generator.py", common + ["--out", str(work / "finetune_patch"), "--token-patch", "2"],
+                    1, work)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 2 and len(errors) == 1 and "token_patch" in errors[0], result.stderr[-2000:]
     # a one-product digit head widened into a mixture: everything else as the start, the head as widen_digit_head
     assert_ok(launch("train_generator.py", common + ["--out", str(work / "widened"), "--lr", "1e-9",
                                                       "--digit-mixture", "3"], 1, work))

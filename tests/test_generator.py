@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import tokvid.generator as generator_module
 from tokvid.generator import Generator, GeneratorConfig, generator_config_preset, maskgit_step
 
-CODEBOOK, TEXT_VOCAB, TEXT_LENGTH, HEIGHT, WIDTH = 16, 12, 5, 3, 4
+CODEBOOK, TEXT_VOCAB, TEXT_LENGTH, HEIGHT, WIDTH = 16, 12, 5, 2, 4
 
 
 def tiny_config(**overrides) -> GeneratorConfig:
@@ -55,6 +55,7 @@ def seeded(seed: int) -> torch.Generator:
     dict(digit_mixture=2), dict(code_levels=[4, 4], digit_head=True, digit_mixture=0),
     dict(clean_chunk_prob=-0.1), dict(depth=0),
     dict(text_pad_id=2), dict(text_eos_id=TEXT_VOCAB), dict(rope_base=1.0), dict(mlp_ratio=0), dict(dim=32.0),
+    dict(token_patch=0), dict(token_patch=4), dict(token_patch=2, chunk_height=3),
 ])
 def test_bad_config_raises(overrides):
     with pytest.raises(ValueError):
@@ -76,8 +77,9 @@ def test_presets_grow_and_need_vocabularies():
 
 # ---- attention structure ---------------------------------------------------------------------
 
-def test_block_causal_later_chunk_never_changes_earlier_logits():
-    model = tiny_model()
+@pytest.mark.parametrize("patch", [1, 2])
+def test_block_causal_later_chunk_never_changes_earlier_logits(patch):
+    model = tiny_model(token_patch=patch)
     codes, text = random_codes(2, 5), random_text(2, 5)
     codes[:, 1, 0, 0] = CODEBOOK  # mask tokens are legal input
     base = model(codes, text)
@@ -90,12 +92,28 @@ def test_block_causal_later_chunk_never_changes_earlier_logits():
         assert (out[:, k + 1] - base[:, k + 1]).abs().max() > 1e-3
 
 
-def test_bidirectional_inside_a_chunk():
-    model = tiny_model()
+@pytest.mark.parametrize("patch", [1, 2])
+def test_bidirectional_inside_a_chunk(patch):
+    model = tiny_model(token_patch=patch)
     codes, text = random_codes(1, 2), random_text(1, 2)
     changed = codes.clone()
     changed[0, 0, -1, -1] = (changed[0, 0, -1, -1] + 1) % CODEBOOK
     assert (model(changed, text)[0, 0, 0, 0] - model(codes, text)[0, 0, 0, 0]).abs().max() > 1e-3
+
+
+def test_token_patch_runs_the_blocks_over_fewer_positions_and_keeps_tokens_apart(monkeypatch):
+    """token_patch=2 puts a 2x2 patch of tokens in one position (4x fewer video positions), yet each token
+    of a patch keeps logits of its own."""
+    model = tiny_model(token_patch=2)
+    codes, text = random_codes(1, 3), random_text(1, 3)
+    lengths = []
+    original = model.blocks[0].forward
+    monkeypatch.setattr(model.blocks[0], "forward", lambda x, *rest: lengths.append(x.shape[1]) or original(x, *rest))
+    logits = model(codes, text)
+    assert lengths == [3 * (TEXT_LENGTH + HEIGHT * WIDTH // 4)]
+    assert logits.shape == (1, 3, HEIGHT, WIDTH, CODEBOOK)
+    patch = logits[0, 0, :2, :2].flatten(0, 1)  # the first patch's 4 tokens
+    assert all((patch[i] - patch[0]).abs().max() > 1e-3 for i in range(1, 4))
 
 
 def test_sliding_window_limits_receptive_field():
@@ -131,7 +149,8 @@ def test_pad_text_positions_are_never_keys():
 
 
 @pytest.mark.parametrize("window,heads", [(8, {}), (2, {}), (1, {}), (2, dict(code_levels=[4, 2, 2])),
-                                          (2, dict(code_levels=[4, 2, 2], digit_head=True))])
+                                          (2, dict(code_levels=[4, 2, 2], digit_head=True)),
+                                          (2, dict(code_levels=[4, 2, 2], digit_head=True, token_patch=2))])
 def test_cache_equals_recompute(window, heads):
     model = tiny_model(window_chunks=window, **heads)
     codes, text = random_codes(2, 6), random_text(2, 6)
@@ -249,7 +268,8 @@ def test_long_generation_past_training_length_with_one_prompt():
 # ---- training --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides", [{}, dict(clean_context=False), dict(code_levels=[2, 8]),
-                                       dict(code_levels=[2, 8], digit_head=True)])
+                                       dict(code_levels=[2, 8], digit_head=True),
+                                       dict(code_levels=[2, 8], digit_head=True, token_patch=2)])
 def test_training_loss_gives_every_parameter_a_finite_gradient(overrides):
     model = tiny_model(**overrides)
     codes, text = random_codes(4, 3), random_text(4, 3)
@@ -319,10 +339,10 @@ def test_spatial_rotary_scores_depend_on_relative_position_only():
     assert not math.isclose(base, score((3, 2, 5), (2, 2, 4)), abs_tol=1e-3)  # other row offset
 
 
-@pytest.mark.parametrize("window", [2, 3, 8])
-def test_clean_context_training_sees_what_sampling_sees(window):
+@pytest.mark.parametrize("window,patch", [(2, 1), (3, 1), (8, 1), (3, 2)])
+def test_clean_context_training_sees_what_sampling_sees(window, patch):
     """Chunk c's training logits equal the cache path fed the clean chunks < c and masked chunk c."""
-    model = tiny_model(window_chunks=window)
+    model = tiny_model(window_chunks=window, token_patch=patch)
     clean, text = random_codes(2, 5), random_text(2, 5)
     hide = torch.rand(clean.shape, generator=seeded(3)) < 0.5
     masked = clean.masked_fill(hide, model.config.mask_id)
@@ -413,9 +433,10 @@ def test_widened_digit_head_starts_near_its_one_product_start():
         widen_digit_head(start.head.weight, 1)
 
 
-def test_tiny_training_run_learns_far_above_chance():
+@pytest.mark.parametrize("patch", [1, 2])
+def test_tiny_training_run_learns_far_above_chance(patch):
     torch.manual_seed(0)
-    model = Generator(tiny_config(window_chunks=2, clean_chunk_prob=0.25))
+    model = Generator(tiny_config(window_chunks=2, clean_chunk_prob=0.25, token_patch=patch))
     data = seeded(0)
     patterns = torch.randint(0, CODEBOOK, (4, HEIGHT, WIDTH), generator=data)
     clips = torch.stack([(patterns[k] + torch.arange(4)[:, None, None]) % CODEBOOK for k in range(4)])
@@ -434,7 +455,8 @@ def test_tiny_training_run_learns_far_above_chance():
 # ---- persistence -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("heads", [{}, dict(code_levels=[4, 4]), dict(code_levels=[4, 4], digit_head=True),
-                                   dict(code_levels=[4, 4], digit_head=True, digit_mixture=3)])
+                                   dict(code_levels=[4, 4], digit_head=True, digit_mixture=3),
+                                   dict(code_levels=[4, 4], digit_head=True, token_patch=2)])
 def test_save_load_reproduces_samples(tmp_path, heads):
     model = tiny_model(window_chunks=2, **heads)
     text = random_text(1, 3)
@@ -470,7 +492,7 @@ def test_a_config_saved_before_later_fields_loads_with_their_old_behaviour(tmp_p
     config_path.write_text(json.dumps({key: value for key, value in config.items()
                                        if key not in generator_module.LATER_FIELDS}))
     loaded = Generator.from_pretrained(tmp_path / "gen")
-    assert loaded.config == model.config and loaded.config.digit_mixture == 1
+    assert loaded.config == model.config and loaded.config.digit_mixture == 1 and loaded.config.token_patch == 1
 
 
 # ---- bad input -------------------------------------------------------------------------------

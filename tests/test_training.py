@@ -270,7 +270,9 @@ def test_spatial_compression_adds_or_drops_per_frame_levels():
 @pytest.mark.parametrize("flags,message", [
     (["--tokenizer-ranks", "3"], "must divide"), (["--generator-ranks", "2", "--generator-batch", "5"], "must divide"),
     (["--finetune-ranks", "3"], "must divide"), (["--generator-ranks", "0"], "must divide"),
-    (["--threads", "0"], "must be >= 1"), (["--spatial-compression", "12"], "4 times a power of two")])
+    (["--threads", "0"], "must be >= 1"), (["--spatial-compression", "12"], "4 times a power of two"),
+    (["--generator-token-patch", "3"], "must divide the 8x8"),
+    (["--spatial-compression", "32", "--generator-token-patch", "4"], "must divide the 2x2")])
 def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, flags, message, capsys):
     import importlib.util
     from pathlib import Path

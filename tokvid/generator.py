@@ -11,6 +11,11 @@ Attention is bidirectional inside a chunk and causal across chunks, limited to a
 the chunk index, so attention depends on chunk offsets, never on absolute time, and sampling can run
 far past the training length. Sampling decodes one chunk at a time with MaskGIT while earlier chunks
 are served from a per-layer key/value cache, so memory stays flat and time grows linearly.
+
+With `token_patch` p > 1, a transformer position holds a p x p patch of video tokens: the tokens are
+embedded one by one and merged, and the final state of a position is split back into its tokens'
+states before the head, so masking, loss and sampling stay per token while attention and MLPs run
+over p*p times fewer video positions.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 
 from tokvid.text_tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -34,7 +40,7 @@ WEIGHTS_FILE = "model.safetensors"
 SAMPLING_ORDERS = ("confidence", "random")
 # Config fields added after generators were first saved, with the value that behaves as before: a config.json
 # written without one loads with that value. A new field must be added here, or older generators stop loading.
-LATER_FIELDS = {"digit_mixture": 1}
+LATER_FIELDS = {"digit_mixture": 1, "token_patch": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,13 +73,16 @@ class GeneratorConfig:
                                  # product cannot say which digits go together); False = one softmax over codes
     digit_mixture: int = 1       # with digit_head: p(code) is a mixture of this many digit products, so the head
                                  # can say which digits go together (a square's cell, a circle's); 1 = one product
+    token_patch: int = 1         # p: one transformer position holds a p x p patch of a chunk's tokens (embedded
+                                 # together, split again before the head), so attention runs over p*p times fewer
+                                 # positions; h and w must be multiples of p. 1 = a position per token
     text_pad_id: int = PAD_ID    # pad id of the text tokenizer; pad positions are never attended to
     text_bos_id: int = BOS_ID    # bos id; the null text is [bos, eos, pad, ...]
     text_eos_id: int = EOS_ID    # eos id
 
     def __post_init__(self):
         positive = ["codebook_size", "text_vocab_size", "chunk_height", "chunk_width", "dim", "depth", "heads",
-                    "window_chunks"]
+                    "window_chunks", "token_patch"]
         for name in positive + ["text_length", "text_pad_id", "text_bos_id", "text_eos_id"]:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -89,6 +98,9 @@ class GeneratorConfig:
         if len(set(specials)) != 3 or min(specials) < 0 or max(specials) >= self.text_vocab_size:
             raise ValueError(f"text pad/bos/eos ids {specials} must be distinct and < text_vocab_size "
                              f"({self.text_vocab_size}); take them from the TextTokenizer")
+        if self.chunk_height % self.token_patch or self.chunk_width % self.token_patch:
+            raise ValueError(f"token_patch {self.token_patch} must divide the chunk ({self.chunk_height}x"
+                             f"{self.chunk_width} tokens); choose a divisor of both, or 1")
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim ({self.dim}) must split into {self.heads} heads of even width; change dim or heads")
         if self.code_levels is not None:
@@ -124,6 +136,16 @@ class GeneratorConfig:
     def chunk_tokens(self) -> int:
         """Video tokens per chunk (h*w)."""
         return self.chunk_height * self.chunk_width
+
+    @property
+    def position_columns(self) -> int:
+        """Transformer positions per chunk row (w / token_patch)."""
+        return self.chunk_width // self.token_patch
+
+    @property
+    def chunk_positions(self) -> int:
+        """Transformer positions of one chunk's video tokens (h*w / token_patch^2)."""
+        return self.chunk_tokens // self.token_patch ** 2
 
     @property
     def mask_id(self) -> int:
@@ -229,15 +251,29 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), own_kv
 
 
+def group_patches(x: torch.Tensor, config: GeneratorConfig) -> torch.Tensor:
+    """(..., h*w, D) per-token states in row-major order -> (..., positions, p*p*D), one row per p x p patch."""
+    p = config.token_patch
+    return rearrange(x, "... (r p1 c p2) d -> ... (r c) (p1 p2 d)", p1=p, p2=p, c=config.position_columns)
+
+
+def split_patches(x: torch.Tensor, config: GeneratorConfig) -> torch.Tensor:
+    """The inverse of group_patches: (..., positions, p*p*D) -> (..., h*w, D)."""
+    p = config.token_patch
+    return rearrange(x, "... (r c) (p1 p2 d) -> ... (r p1 c p2) d", p1=p, p2=p, c=config.position_columns)
+
+
 class ChunkEmbedding(nn.Module):
-    """Lays out [text block | video tokens] per chunk and embeds them.
+    """Lays out [text block | video positions] per chunk and embeds them.
 
     Positions are learned inside a chunk only; time is rotary, so there is no length cap. (A module
-    of its own so ZeRO-3 gathers the position tables through the usual forward hooks.)
+    of its own so ZeRO-3 gathers the position tables through the usual forward hooks.) With a token
+    patch, each token is embedded as usual and a linear map merges a patch's tokens into one position.
     """
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
+        self.config = config
         self.text_pad_id = config.text_pad_id
         self.by_digits = config.code_levels is not None
         if not self.by_digits:
@@ -250,16 +286,21 @@ class ChunkEmbedding(nn.Module):
         self.text = nn.Embedding(config.text_vocab_size, config.dim)
         self.video_position = nn.Parameter(torch.randn(config.chunk_tokens, config.dim) * 0.02)
         self.text_position = nn.Parameter(torch.randn(config.text_length, config.dim) * 0.02)
+        if config.token_patch > 1:
+            self.merge_patch = nn.Linear(config.token_patch ** 2 * config.dim, config.dim, bias=False)
 
     def forward(self, tokens: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,t,N) tokens + (B,t,L) text -> embeddings (B, t*S, D) and key validity (B, t*S), S = L+N."""
+        """(B,t,N) tokens + (B,t,L) text -> embeddings (B, t*S, D) and key validity (B, t*S), S = L + positions."""
         text_part = self.text(text) + self.text_position
         if self.by_digits:
             video_part = self.video(self.video_rows[tokens]).sum(dim=-2) + self.video_position
         else:
             video_part = self.video(tokens) + self.video_position
+        if self.config.token_patch > 1:
+            video_part = self.merge_patch(group_patches(video_part, self.config))
         x = torch.cat([text_part, video_part], dim=2).flatten(1, 2)
-        key_valid = torch.cat([text != self.text_pad_id, torch.ones_like(tokens, dtype=torch.bool)], dim=2)
+        video_valid = text.new_ones(*video_part.shape[:3], dtype=torch.bool)
+        key_valid = torch.cat([text != self.text_pad_id, video_valid], dim=2)
         return x, key_valid.flatten(1, 2)
 
 
@@ -329,6 +370,8 @@ class Generator(nn.Module):
         self.config = config
         self.embed = ChunkEmbedding(config)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        if config.token_patch > 1:  # a position's state -> its patch's token states, then the per-token head
+            self.split_patch = nn.Linear(config.dim, config.token_patch ** 2 * config.dim, bias=False)
         self.out_norm = nn.RMSNorm(config.dim)
         # A digit head gives per-digit logits: log p(code) = sum of the digits' log-probs. A mixture has one such
         # set per component, then the components' weight logits: [component 0 digits | ... | weights].
@@ -361,18 +404,18 @@ class Generator(nn.Module):
         head_dim = config.dim // config.heads
         if not config.spatial_rotary:
             return rotary_cos_sin(chunk_index, head_dim, config.rope_base)
-        per_chunk = config.text_length + config.chunk_tokens
+        per_chunk = config.text_length + config.chunk_positions
         slot = torch.arange(chunk_index.shape[0], device=chunk_index.device) % per_chunk - config.text_length
         video_slot = slot.clamp(min=0)
         is_video = slot >= 0
-        rows = torch.where(is_video, video_slot // config.chunk_width, 0)
-        cols = torch.where(is_video, video_slot % config.chunk_width, 0)
+        rows = torch.where(is_video, video_slot // config.position_columns, 0)
+        cols = torch.where(is_video, video_slot % config.position_columns, 0)
         return rotary_cos_sin(chunk_index, head_dim, config.rope_base, rows, cols)
 
     def _video_hidden(self, tokens: torch.Tensor, text: torch.Tensor, window_chunks: int) -> torch.Tensor:
         """Full recompute with the block-causal windowed mask: (B,t,N) + (B,t,L) -> normed (B,t,N,D)."""
-        _, chunks, num_tokens = tokens.shape
-        per_chunk = self.config.text_length + num_tokens
+        chunks = tokens.shape[1]
+        per_chunk = self.config.text_length + self.config.chunk_positions
         x, key_valid = self.embed(tokens, text)
         chunk_index = torch.arange(chunks, device=x.device).repeat_interleave(per_chunk)
         offset = chunk_index[:, None] - chunk_index[None, :]
@@ -382,14 +425,20 @@ class Generator(nn.Module):
     def _attend(self, x: torch.Tensor, key_valid: torch.Tensor, chunk_index: torch.Tensor, allowed: torch.Tensor,
                 output_chunks: int) -> torch.Tensor:
         """The blocks over a whole sequence (B, positions, D) with an (positions, positions) attention pattern;
-        returns the normed video states of its last output_chunks chunks, (B, output_chunks, N, D)."""
+        returns the normed video token states of its last output_chunks chunks, (B, output_chunks, N, D)."""
         mask = (allowed[None] & key_valid[:, None, :])[:, None]  # (B, 1, queries, keys)
         cos, sin = self._rotary(chunk_index)
         for block in self.blocks:
             x, _ = block(x, cos, sin, mask)
-        per_chunk = self.config.text_length + self.config.chunk_tokens
+        per_chunk = self.config.text_length + self.config.chunk_positions
         x = x[:, x.shape[1] - output_chunks * per_chunk:].unflatten(1, (output_chunks, per_chunk))
-        return self.out_norm(x[:, :, self.config.text_length:])
+        return self._token_states(x[:, :, self.config.text_length:])
+
+    def _token_states(self, video_positions: torch.Tensor) -> torch.Tensor:
+        """Final video position states (..., positions, D) -> normed per-token states (..., N, D)."""
+        if self.config.token_patch > 1:
+            video_positions = split_patches(self.split_patch(video_positions), self.config)
+        return self.out_norm(video_positions)
 
     def _clean_context_hidden(self, clean: torch.Tensor, masked: torch.Tensor, text: torch.Tensor,
                               window_chunks: int) -> torch.Tensor:
@@ -398,8 +447,8 @@ class Generator(nn.Module):
 
         The sequence is [clean chunks 0..t-2 | masked chunks 0..t-1] (the last clean chunk is nobody's context).
         """
-        _, chunks, num_tokens = masked.shape
-        per_chunk = self.config.text_length + num_tokens
+        chunks = masked.shape[1]
+        per_chunk = self.config.text_length + self.config.chunk_positions
         clean_x, clean_valid = self.embed(clean[:, :-1], text[:, :-1])
         masked_x, masked_valid = self.embed(masked, text)
         x = torch.cat([clean_x, masked_x], dim=1)
@@ -425,7 +474,7 @@ class Generator(nn.Module):
         for layer, block in enumerate(self.blocks):
             x, own_kv = block(x, cos, sin, mask, cache.past(layer))
             own_kvs.append(own_kv)
-        return self.out_norm(x[:, self.config.text_length:]), own_kvs, key_valid
+        return self._token_states(x[:, self.config.text_length:]), own_kvs, key_valid
 
     def _digit_log_probs(self, hidden: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-digit log-probabilities [(..., K, levels[i])] of each of the K mixture components of hidden

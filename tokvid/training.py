@@ -885,14 +885,15 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
                           num_frames: int = 17, text_tokenizer: str | Path | None = None,
                           video_tokenizer: str | Path | None = None, text_vocab_size: int = 256,
                           text_length: int = 16, window_chunks: int = 4,
-                          digit_head: bool | None = None, digit_mixture: int = 1,
+                          digit_head: bool | None = None, digit_mixture: int = 1, token_patch: int = 1,
                           init_from: str | Path | None = None) -> TrainingResult:
     """Train a Generator on token shards; exports a pipeline directory (generator, both tokenizers).
 
     digit_head predicts an FSQ code's digits independently instead of one softmax over codes
     (GeneratorConfig.digit_head); None = a digit head exactly when the video tokenizer is FSQ.
     digit_mixture > 1 makes that head a mixture of digit products (GeneratorConfig.digit_mixture); a
-    fine-tune may widen a one-product start into one.
+    fine-tune may widen a one-product start into one. token_patch > 1 puts a token_patch x token_patch patch
+    of tokens in each transformer position (GeneratorConfig.token_patch): a cheaper step.
 
     init_from (a generator or pipeline directory) starts from trained weights instead of random ones
     (fine-tuning, e.g. with a lower --lr); the model this run builds must have the same configuration.
@@ -940,7 +941,7 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
         text_bos_id=text_model.bos_id, text_eos_id=text_model.eos_id,
         # FSQ codes are digit tuples: embedding them by digits shares what is learnt across neighbouring codes
         code_levels=list(video_model.config.fsq_levels) if fsq else None, digit_head=digit_head,
-        digit_mixture=digit_mixture)
+        digit_mixture=digit_mixture, token_patch=token_patch)
     dataset = TokenChunkDataset(shards, text_model, max_chunks)
     start_weights = None if start is None else _generator_start_weights(start, init_from, model_config, config.seed)
 
@@ -977,7 +978,7 @@ def _generator_start_weights(start: nn.Module, source: str | Path, model_config,
 
     widen = start.config.digit_mixture == 1 and model_config.digit_mixture > 1
     weights = _checked_start_weights(start, source, model_config, "generator",
-                                     "the preset, --window-chunks, --head, --digit-mixture and tokenizers",
+                                     "the preset, --window-chunks, --head, --digit-mixture, --token-patch and tokenizers",
                                      ignore=("digit_mixture",) if widen else ())
     if widen:
         weights["head.weight"] = widen_digit_head(weights["head.weight"], model_config.digit_mixture, seed)

@@ -38,15 +38,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="then the tokenizer's decoder alone (same codes, sharper shapes; 0: none)")
     parser.add_argument("--decoder-code-noise", type=float, default=0.2,
                         help="share of tokens the decoder sees one FSQ digit step off, as a generator's near misses")
-    parser.add_argument("--generator-steps", type=int, default=1250)
-    parser.add_argument("--generator-lr", type=float, default=1e-3)
+    parser.add_argument("--generator-steps", type=int, default=3000)
+    parser.add_argument("--generator-lr", type=float, default=2e-3)
     parser.add_argument("--generator-preset", default="small")
-    parser.add_argument("--generator-batch", type=int, default=12, help="clips per generator step, split across ranks")
+    parser.add_argument("--generator-token-patch", type=int, default=2,
+                        help="tokens per side of the patch one generator position holds (2: 2x2, a cheaper step)")
+    parser.add_argument("--generator-batch", type=int, default=16, help="clips per generator step, split across ranks")
     parser.add_argument("--generator-frames", type=int, default=21, help="frames per generator training window")
-    parser.add_argument("--finetune-steps", type=int, default=1000,
+    parser.add_argument("--finetune-steps", type=int, default=2000,
                         help="a second generator stage from the first one's weights at --finetune-lr (0: none)")
-    parser.add_argument("--finetune-lr", type=float, default=3e-4)
-    parser.add_argument("--finetune-batch", type=int, default=8, help="clips per fine-tuning step, split across ranks")
+    parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--finetune-batch", type=int, default=16, help="clips per fine-tuning step, split across ranks")
     parser.add_argument("--finetune-ranks", type=int, default=2, help="fine-tuning processes (deepspeed launcher)")
     parser.add_argument("--tokenizer-ranks", type=int, default=1, help="video tokenizer processes (deepspeed launcher)")
     parser.add_argument("--generator-ranks", type=int, default=1, help="generator processes (deepspeed launcher)")
@@ -66,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             spatial_compression_overrides(video_tokenizer_preset(args.tokenizer_preset), args.spatial_compression)
         except ValueError as error:
             parser.error(str(error))
+    from tokvid.shapes import FRAME_SIZE
+
+    grid = FRAME_SIZE // (args.spatial_compression or 8)
+    if args.generator_token_patch < 1 or grid % args.generator_token_patch:
+        parser.error(f"--generator-token-patch {args.generator_token_patch} must divide the {grid}x{grid} token grid")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     return args
@@ -128,7 +135,8 @@ def main(argv=None) -> int:
              "--out", str(shards), "--quiet"])
     generator_options = ["--data", str(shards), "--text-tokenizer", str(text), "--video-tokenizer",
                          str(video_tokenizer), "--preset", args.generator_preset, "--num-frames",
-                         str(args.generator_frames), "--window-chunks", "6", "--save-every", "250"]
+                         str(args.generator_frames), "--window-chunks", "6", "--save-every", "250",
+                         "--token-patch", str(args.generator_token_patch)]
     if not (generator / "export" / "pipeline.json").exists():
         run(launcher(args, "train_generator.py", args.generator_ranks, args.seed) + generator_options + [
             "--out", str(generator), "--max-steps", str(args.generator_steps), "--lr", str(args.generator_lr),

@@ -30,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--digit-mixture", type=int, default=1,
                         help="the digit head as a mixture of this many digit products, so it can say which digits "
                              "go together (1: independent digits); a fine-tune may widen a 1-product start")
+    parser.add_argument("--token-patch", type=int, default=1,
+                        help="tokens per side of the patch one transformer position holds (2: 2x2 tokens, about "
+                             "4x fewer positions and a cheaper step; must divide the token grid)")
     parser.add_argument("--init-from", default=None,
                         help="generator or pipeline directory to start from (fine-tuning; same configuration)")
     add_training_arguments(parser)
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
         text_tokenizer=args.text_tokenizer, video_tokenizer=args.video_tokenizer,
         text_vocab_size=args.text_vocab_size, text_length=args.text_length, window_chunks=args.window_chunks,
         digit_head=None if args.head is None else args.head == "digits", digit_mixture=args.digit_mixture,
-        init_from=args.init_from),
+        token_patch=args.token_patch, init_from=args.init_from),
         throughput_unit="tokens")
 
 
