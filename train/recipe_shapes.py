@@ -1,6 +1,6 @@
 """Reproduce the bundled default model end to end: shapes-v1 data -> text tokenizer -> video
-tokenizer -> its decoder fine-tuned alone -> token shards -> generator -> fine-tuned generator -> pipeline
-directory (-> tokvid/weights/shapes with --install).
+tokenizer -> its decoder fine-tuned alone -> token shards -> generator -> fine-tuned generator (two more
+stages) -> pipeline directory (-> tokvid/weights/shapes with --install).
 
     DS_ACCELERATOR=cpu nohup python train/recipe_shapes.py --out runs/shapes --install > recipe.log 2>&1 &
 
@@ -48,6 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--finetune-steps", type=int, default=2000,
                         help="a second generator stage from the first one's weights at --finetune-lr (0: none)")
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--final-steps", type=int, default=1000,
+                        help="a third generator stage from the second one's weights at --final-lr, same batch and "
+                             "ranks (0: none)")
+    parser.add_argument("--final-lr", type=float, default=3e-4)
     parser.add_argument("--finetune-batch", type=int, default=16, help="clips per fine-tuning step, split across ranks")
     parser.add_argument("--finetune-ranks", type=int, default=2, help="fine-tuning processes (deepspeed launcher)")
     parser.add_argument("--tokenizer-ranks", type=int, default=1, help="video tokenizer processes (deepspeed launcher)")
@@ -148,6 +152,13 @@ def main(argv=None) -> int:
             run(launcher(args, "train_generator.py", args.finetune_ranks, args.seed + 1) + generator_options + [
                 "--out", str(final), "--init-from", str(generator / "export"), "--max-steps", str(args.finetune_steps),
                 "--lr", str(args.finetune_lr), "--warmup-steps", "50",
+                "--micro-batch", str(args.finetune_batch // args.finetune_ranks)])
+    if args.finetune_steps > 0 and args.final_steps > 0:
+        start, final = final, out / "generator_final"
+        if not (final / "export" / "pipeline.json").exists():  # again a new seed
+            run(launcher(args, "train_generator.py", args.finetune_ranks, args.seed + 2) + generator_options + [
+                "--out", str(final), "--init-from", str(start / "export"), "--max-steps", str(args.final_steps),
+                "--lr", str(args.final_lr), "--warmup-steps", "50",
                 "--micro-batch", str(args.finetune_batch // args.finetune_ranks)])
     if args.install:
         target = REPO / "tokvid" / "weights" / "shapes"
