@@ -267,13 +267,7 @@ def test_spatial_compression_adds_or_drops_per_frame_levels():
             spatial_compression_overrides(tiny, bad)
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--tokenizer-ranks", "3"], "must divide"), (["--generator-ranks", "2", "--generator-batch", "5"], "must divide"),
-    (["--finetune-ranks", "3"], "must divide"), (["--generator-ranks", "0"], "must divide"),
-    (["--threads", "0"], "must be >= 1"), (["--spatial-compression", "12"], "4 times a power of two"),
-    (["--generator-token-patch", "3"], "must divide the 8x8"),
-    (["--spatial-compression", "32", "--generator-token-patch", "4"], "must divide the 2x2")])
-def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, flags, message, capsys):
+def load_recipe():
     import importlib.util
     from pathlib import Path
 
@@ -281,6 +275,49 @@ def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, flags, mess
     spec = importlib.util.spec_from_file_location("recipe_shapes", path)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    return recipe
+
+
+def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, monkeypatch):
+    """Each generator stage starts from the previous stage's export with a seed of its own; a re-run
+    starts nothing that has finished."""
+    from pathlib import Path
+
+    recipe = load_recipe()
+    commands = []
+
+    def fake_run(command):  # every stage's "output": the files the recipe checks for
+        commands.append(command)
+        out = Path(command[command.index("--out") + 1])
+        for marker in ("manifest.jsonl", "config.json", "info.json", "export/model.safetensors", "export/pipeline.json"):
+            (out / marker).parent.mkdir(parents=True, exist_ok=True)
+            (out / marker).touch()
+
+    monkeypatch.setattr(recipe, "run", fake_run)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # the recipe sets it if unset; keep it from leaking
+    assert recipe.main(["--out", str(tmp_path / "run")]) == 0
+    stages = [c for c in commands if any(part.endswith("train_generator.py") for part in c)]
+    value = lambda command, flag: command[command.index(flag) + 1] if flag in command else None  # noqa: E731
+    run = tmp_path / "run"
+    assert [value(c, "--out") for c in stages] == [str(run / name) for name in
+                                                   ("generator", "generator_finetune", "generator_final")]
+    assert [value(c, "--init-from") for c in stages] == [None, str(run / "generator" / "export"),
+                                                         str(run / "generator_finetune" / "export")]
+    assert [value(c, "--seed") for c in stages] == ["1", "2", "3"]
+    assert [value(c, "--lr") for c in stages] == ["0.002", "0.0005", "0.0003"]
+    assert all(value(c, "--token-patch") == "2" for c in stages)
+    commands.clear()
+    assert recipe.main(["--out", str(run)]) == 0 and commands == []
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--tokenizer-ranks", "3"], "must divide"), (["--generator-ranks", "2", "--generator-batch", "5"], "must divide"),
+    (["--finetune-ranks", "3"], "must divide"), (["--generator-ranks", "0"], "must divide"),
+    (["--threads", "0"], "must be >= 1"), (["--spatial-compression", "12"], "4 times a power of two"),
+    (["--generator-token-patch", "3"], "must divide the 8x8"),
+    (["--spatial-compression", "32", "--generator-token-patch", "4"], "must divide the 2x2")])
+def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, flags, message, capsys):
+    recipe = load_recipe()
     with pytest.raises(SystemExit) as exit_info:
         recipe.main(["--out", str(tmp_path / "run"), *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err

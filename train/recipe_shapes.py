@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
     parser.add_argument("--final-steps", type=int, default=1000,
                         help="a third generator stage from the second one's weights at --final-lr, same batch and "
-                             "ranks (0: none)")
+                             "ranks (0: none; needs the second stage)")
     parser.add_argument("--final-lr", type=float, default=3e-4)
     parser.add_argument("--finetune-batch", type=int, default=16, help="clips per fine-tuning step, split across ranks")
     parser.add_argument("--finetune-ranks", type=int, default=2, help="fine-tuning processes (deepspeed launcher)")
@@ -146,20 +146,15 @@ def main(argv=None) -> int:
             "--out", str(generator), "--max-steps", str(args.generator_steps), "--lr", str(args.generator_lr),
             "--warmup-steps", "100", "--micro-batch", str(args.generator_batch // args.generator_ranks)])
     final = generator
-    if args.finetune_steps > 0:
-        final = out / "generator_finetune"
-        if not (final / "export" / "pipeline.json").exists():  # a new seed: other clips, masks and text dropout
-            run(launcher(args, "train_generator.py", args.finetune_ranks, args.seed + 1) + generator_options + [
-                "--out", str(final), "--init-from", str(generator / "export"), "--max-steps", str(args.finetune_steps),
-                "--lr", str(args.finetune_lr), "--warmup-steps", "50",
-                "--micro-batch", str(args.finetune_batch // args.finetune_ranks)])
-    if args.finetune_steps > 0 and args.final_steps > 0:
-        start, final = final, out / "generator_final"
-        if not (final / "export" / "pipeline.json").exists():  # again a new seed
-            run(launcher(args, "train_generator.py", args.finetune_ranks, args.seed + 2) + generator_options + [
-                "--out", str(final), "--init-from", str(start / "export"), "--max-steps", str(args.final_steps),
-                "--lr", str(args.final_lr), "--warmup-steps", "50",
-                "--micro-batch", str(args.finetune_batch // args.finetune_ranks)])
+    # later stages each start from the previous one's weights, with a new seed: other clips, masks, text dropout
+    for stage, steps, lr in ((1, args.finetune_steps, args.finetune_lr), (2, args.final_steps, args.final_lr)):
+        if steps <= 0:
+            break
+        start, final = final, out / ("generator_finetune" if stage == 1 else "generator_final")
+        if not (final / "export" / "pipeline.json").exists():
+            run(launcher(args, "train_generator.py", args.finetune_ranks, args.seed + stage) + generator_options + [
+                "--out", str(final), "--init-from", str(start / "export"), "--max-steps", str(steps), "--lr", str(lr),
+                "--warmup-steps", "50", "--micro-batch", str(args.finetune_batch // args.finetune_ranks)])
     if args.install:
         target = REPO / "tokvid" / "weights" / "shapes"
         shutil.rmtree(target, ignore_errors=True)
