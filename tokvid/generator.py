@@ -98,9 +98,7 @@ class GeneratorConfig:
         if len(set(specials)) != 3 or min(specials) < 0 or max(specials) >= self.text_vocab_size:
             raise ValueError(f"text pad/bos/eos ids {specials} must be distinct and < text_vocab_size "
                              f"({self.text_vocab_size}); take them from the TextTokenizer")
-        if self.chunk_height % self.token_patch or self.chunk_width % self.token_patch:
-            raise ValueError(f"token_patch {self.token_patch} must divide the chunk ({self.chunk_height}x"
-                             f"{self.chunk_width} tokens); choose a divisor of both, or 1")
+        check_token_patch(self.token_patch, self.chunk_height, self.chunk_width)
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim ({self.dim}) must split into {self.heads} heads of even width; change dim or heads")
         if self.code_levels is not None:
@@ -150,6 +148,15 @@ class GeneratorConfig:
     @property
     def mask_id(self) -> int:
         return self.codebook_size
+
+
+def check_token_patch(token_patch: int, chunk_height: int, chunk_width: int, name: str = "token_patch") -> None:
+    """A ValueError unless token_patch is an int >= 1 that divides both sides of a chunk's token grid.
+    `name` is what the error calls it (a config field or a flag)."""
+    if not isinstance(token_patch, int) or isinstance(token_patch, bool) or token_patch < 1 \
+            or chunk_height % token_patch or chunk_width % token_patch:
+        raise ValueError(f"{name} {token_patch!r} must divide the {chunk_height}x{chunk_width} token grid of a "
+                         "chunk; choose a divisor of both, or 1")
 
 
 _PRESETS = {
@@ -274,7 +281,6 @@ class ChunkEmbedding(nn.Module):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.config = config
-        self.text_pad_id = config.text_pad_id
         self.by_digits = config.code_levels is not None
         if not self.by_digits:
             self.video = nn.Embedding(config.codebook_size + 1, config.dim)  # + mask token
@@ -300,7 +306,7 @@ class ChunkEmbedding(nn.Module):
             video_part = self.merge_patch(group_patches(video_part, self.config))
         x = torch.cat([text_part, video_part], dim=2).flatten(1, 2)
         video_valid = text.new_ones(*video_part.shape[:3], dtype=torch.bool)
-        key_valid = torch.cat([text != self.text_pad_id, video_valid], dim=2)
+        key_valid = torch.cat([text != self.config.text_pad_id, video_valid], dim=2)
         return x, key_valid.flatten(1, 2)
 
 

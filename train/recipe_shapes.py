@@ -64,19 +64,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 ("finetune", args.finetune_ranks, args.finetune_batch)):
         if ranks < 1 or batch % ranks:
             parser.error(f"--{stage}-ranks {ranks} must divide the {stage} batch ({batch})")
-    if args.spatial_compression is not None:  # checked here, before any stage starts
-        from tokvid.training import spatial_compression_overrides
-        from tokvid.video_tokenizer import video_tokenizer_preset
-
-        try:
-            spatial_compression_overrides(video_tokenizer_preset(args.tokenizer_preset), args.spatial_compression)
-        except ValueError as error:
-            parser.error(str(error))
+    from tokvid.generator import check_token_patch
     from tokvid.shapes import FRAME_SIZE
+    from tokvid.training import spatial_compression_overrides
+    from tokvid.video_tokenizer import video_tokenizer_preset
 
-    grid = FRAME_SIZE // (args.spatial_compression or 8)
-    if args.generator_token_patch < 1 or grid % args.generator_token_patch:
-        parser.error(f"--generator-token-patch {args.generator_token_patch} must divide the {grid}x{grid} token grid")
+    try:  # checked here, before any stage starts, with the library's own checks
+        preset = video_tokenizer_preset(args.tokenizer_preset)
+        if args.spatial_compression is not None:
+            spatial_compression_overrides(preset, args.spatial_compression)
+        grid = FRAME_SIZE // (args.spatial_compression or preset.spatial_compression)
+        check_token_patch(args.generator_token_patch, grid, grid, "--generator-token-patch")
+    except ValueError as error:
+        parser.error(str(error))
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     return args
