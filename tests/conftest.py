@@ -3,6 +3,12 @@ import os
 import pytest
 import torch
 
+from tokvid.generator import Generator, generator_config_preset
+from tokvid.pipeline import SamplingSettings, save_pipeline
+from tokvid.shapes import COLOURS, MOTIONS, SHAPES, caption
+from tokvid.text_tokenizer import train_text_tokenizer
+from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
@@ -13,3 +19,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """An untrained but complete pipeline directory: enough to test shapes, determinism and errors."""
+    root = tmp_path_factory.mktemp("pipe")
+    torch.manual_seed(0)
+    video = VideoTokenizer(video_tokenizer_preset("tiny"))
+    captions = [caption(c, s, m) for c in COLOURS for s in SHAPES for m in MOTIONS]
+    text = train_text_tokenizer(captions, root / "text", vocab_size=128, max_length=10)
+    config = generator_config_preset("tiny", codebook_size=video.vocab_size, text_vocab_size=text.vocab_size,
+                                     text_length=text.max_length, dim=32, depth=2, heads=2, window_chunks=4,
+                                     text_pad_id=text.pad_id)
+    save_pipeline(root / "pipe", Generator(config), text, video, fps=8, defaults=SamplingSettings(steps=2))
+    return root / "pipe"

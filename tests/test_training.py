@@ -299,15 +299,18 @@ def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, mo
     stages = [c for c in commands if any(part.endswith("train_generator.py") for part in c)]
     value = lambda command, flag: command[command.index(flag) + 1] if flag in command else None  # noqa: E731
     run = tmp_path / "run"
-    assert [value(c, "--out") for c in stages] == [str(run / name) for name in
-                                                   ("generator", "generator_finetune", "generator_final")]
-    assert [value(c, "--init-from") for c in stages] == [None, str(run / "generator" / "export"),
-                                                         str(run / "generator_finetune" / "export")]
-    assert [value(c, "--seed") for c in stages] == ["1", "2", "3"]
-    assert [value(c, "--lr") for c in stages] == ["0.002", "0.0005", "0.0003"]
+    names = ["generator", "generator_stage2", "generator_stage3", "generator_stage4"]
+    assert [value(c, "--out") for c in stages] == [str(run / name) for name in names]
+    assert [value(c, "--init-from") for c in stages] == [None] + [str(run / name / "export") for name in names[:-1]]
+    assert [value(c, "--seed") for c in stages] == ["1", "2", "3", "4"]
+    assert [value(c, "--lr") for c in stages] == ["0.002", "0.0005", "0.0003", "0.0003"]
+    assert [value(c, "--max-steps") for c in stages] == ["3000", "2000", "1000", "2000"]
     assert all(value(c, "--token-patch") == "2" for c in stages)
     commands.clear()
     assert recipe.main(["--out", str(run)]) == 0 and commands == []
+    assert recipe.main(["--out", str(tmp_path / "short"), "--later-stages", ""]) == 0
+    assert [value(c, "--out") for c in commands if any(part.endswith("train_generator.py") for part in c)] == [
+        str(tmp_path / "short" / "generator")]
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -315,6 +318,7 @@ def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, mo
     (["--finetune-ranks", "3"], "must divide"), (["--generator-ranks", "0"], "must divide"),
     (["--threads", "0"], "must be >= 1"), (["--spatial-compression", "12"], "4 times a power of two"),
     (["--generator-token-patch", "3"], "must divide the 8x8"),
+    (["--later-stages", "1000"], "is not STEPS:LR"), (["--later-stages", "0:1e-4"], "needs steps >= 1"),
     (["--spatial-compression", "32", "--generator-token-patch", "4"], "must divide the 2x2")])
 def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, flags, message, capsys):
     recipe = load_recipe()
@@ -322,3 +326,29 @@ def test_recipe_rejects_bad_flags_before_starting_anything(tmp_path, flags, mess
         recipe.main(["--out", str(tmp_path / "run"), *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_recipe_install_ships_the_runs_decoder_and_refuses_one_with_other_codes(tmp_path, tiny_pipeline_dir):
+    """A decoder stage re-run after the generator stages still reaches the bundle; an encoder that makes
+    other codes than the generator was trained on does not."""
+    from tokvid.pipeline import TokVidPipeline
+    from tokvid.video_tokenizer import ENCODER_MODULES, VideoTokenizer
+
+    recipe = load_recipe()
+    exported = TokVidPipeline.from_pretrained(tiny_pipeline_dir).video_tokenizer
+    sharper = VideoTokenizer(exported.config)
+    sharper.load_state_dict(exported.state_dict())
+    with torch.no_grad():
+        for name, parameter in sharper.named_parameters():
+            if name.split(".")[0] not in ENCODER_MODULES:
+                parameter.add_(0.01)
+    sharper.save_pretrained(tmp_path / "decoder")
+    recipe.install(tiny_pipeline_dir, tmp_path / "decoder", tmp_path / "bundle")
+    installed = TokVidPipeline.from_pretrained(tmp_path / "bundle")
+    assert installed.video_tokenizer.fingerprint() == sharper.fingerprint() != exported.fingerprint()
+    assert {key: getattr(installed.defaults, key) for key in recipe.SAMPLING_DEFAULTS} == recipe.SAMPLING_DEFAULTS
+    torch.manual_seed(1)
+    VideoTokenizer(exported.config).save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match="makes other codes"):
+        recipe.install(tiny_pipeline_dir, tmp_path / "other", tmp_path / "bundle")
+    assert TokVidPipeline.from_pretrained(tmp_path / "bundle").video_tokenizer.fingerprint() == sharper.fingerprint()

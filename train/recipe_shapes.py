@@ -1,5 +1,5 @@
 """Reproduce the bundled default model end to end: shapes-v1 data -> text tokenizer -> video
-tokenizer -> its decoder fine-tuned alone -> token shards -> generator -> fine-tuned generator (two more
+tokenizer -> its decoder fine-tuned alone -> token shards -> generator -> fine-tuned generator (more
 stages) -> pipeline directory (-> tokvid/weights/shapes with --install).
 
     DS_ACCELERATOR=cpu nohup python train/recipe_shapes.py --out runs/shapes --install > recipe.log 2>&1 &
@@ -20,6 +20,22 @@ REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
 # the bundle's sampling defaults: the best row of `bench/eval_shapes.py --sweep` (README), set on --install
 SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 3.0, "temperature": 0.5}
+LATER_STAGES = "2000:5e-4,1000:3e-4,2000:3e-4"  # generator stages after the first, STEPS:LR each
+
+
+def later_stages(text: str) -> list[tuple[int, float]]:
+    """'2000:5e-4,1000:3e-4' -> [(2000, 0.0005), (1000, 0.0003)]; '' -> no later stage."""
+    stages = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            steps, lr = item.split(":")
+            stage = int(steps), float(lr)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not STEPS:LR (like 1000:3e-4)") from None
+        if stage[0] < 1 or not stage[1] > 0:
+            raise argparse.ArgumentTypeError(f"{item!r} needs steps >= 1 and lr > 0")
+        stages.append(stage)
+    return stages
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="pixels per token side of the shapes tokenizer (default: the preset's 8)")
     parser.add_argument("--local-codes", action=argparse.BooleanOptionalAction, default=False,
                         help="shapes tokenizer whose codes each see only their own 8x8 patch (no halo)")
-    parser.add_argument("--decoder-steps", type=int, default=2000,
+    parser.add_argument("--decoder-steps", type=int, default=6000,
                         help="then the tokenizer's decoder alone (same codes, sharper shapes; 0: none)")
     parser.add_argument("--decoder-code-noise", type=float, default=0.2,
                         help="share of tokens the decoder sees one FSQ digit step off, as a generator's near misses")
@@ -45,13 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tokens per side of the patch one generator position holds (2: 2x2, a cheaper step)")
     parser.add_argument("--generator-batch", type=int, default=16, help="clips per generator step, split across ranks")
     parser.add_argument("--generator-frames", type=int, default=21, help="frames per generator training window")
-    parser.add_argument("--finetune-steps", type=int, default=2000,
-                        help="a second generator stage from the first one's weights at --finetune-lr (0: none)")
-    parser.add_argument("--finetune-lr", type=float, default=5e-4)
-    parser.add_argument("--final-steps", type=int, default=1000,
-                        help="a third generator stage from the second one's weights at --final-lr, same batch and "
-                             "ranks (0: none; needs the second stage)")
-    parser.add_argument("--final-lr", type=float, default=3e-4)
+    parser.add_argument("--later-stages", type=later_stages, default=LATER_STAGES,
+                        help="generator stages after the first, each STEPS:LR from the previous one's weights on "
+                             "--finetune-ranks with --finetune-batch ('' for none; default %(default)s)")
     parser.add_argument("--finetune-batch", type=int, default=16, help="clips per fine-tuning step, split across ranks")
     parser.add_argument("--finetune-ranks", type=int, default=2, help="fine-tuning processes (deepspeed launcher)")
     parser.add_argument("--tokenizer-ranks", type=int, default=1, help="video tokenizer processes (deepspeed launcher)")
@@ -96,14 +108,23 @@ def launcher(args, script: str, ranks: int, seed: int) -> list[str]:
     return ["deepspeed", "--num_gpus", str(ranks), str(REPO / "train" / script), *options]
 
 
-def install(exported: Path, target: Path) -> None:
-    """Save the exported pipeline into `target` with the bundle's sampling defaults."""
+def install(exported: Path, video_tokenizer: Path, target: Path) -> None:
+    """Save the exported pipeline into `target` with the bundle's sampling defaults and the run's current
+    video tokenizer: a decoder stage re-run after the generator (more --decoder-steps) makes the same
+    codes, so the generator stays valid and only the pictures change."""
     from dataclasses import replace
 
     from tokvid.pipeline import TokVidPipeline
+    from tokvid.video_tokenizer import VideoTokenizer
 
     pipeline = TokVidPipeline.from_pretrained(exported)
+    decoder = VideoTokenizer.from_pretrained(video_tokenizer)
+    if decoder.codes_fingerprint() != pipeline.video_tokenizer.codes_fingerprint():
+        raise SystemExit(f"{video_tokenizer} makes other codes than the generator's tokenizer in {exported}; "
+                         "delete the generator stages of this run and re-run the recipe")
+    pipeline.video_tokenizer = decoder.eval()
     pipeline.defaults = replace(pipeline.defaults, **SAMPLING_DEFAULTS)
+    shutil.rmtree(target, ignore_errors=True)  # only now: a refused install leaves the old bundle in place
     pipeline.save_pretrained(target)
 
 
@@ -147,18 +168,15 @@ def main(argv=None) -> int:
             "--warmup-steps", "100", "--micro-batch", str(args.generator_batch // args.generator_ranks)])
     final = generator
     # later stages each start from the previous one's weights, with a new seed: other clips, masks, text dropout
-    for stage, steps, lr in ((1, args.finetune_steps, args.finetune_lr), (2, args.final_steps, args.final_lr)):
-        if steps <= 0:
-            break
-        start, final = final, out / ("generator_finetune" if stage == 1 else "generator_final")
+    for stage, (steps, lr) in enumerate(args.later_stages, start=2):
+        start, final = final, out / f"generator_stage{stage}"
         if not (final / "export" / "pipeline.json").exists():
-            run(launcher(args, "train_generator.py", args.finetune_ranks, args.seed + stage) + generator_options + [
+            run(launcher(args, "train_generator.py", args.finetune_ranks, args.seed + stage - 1) + generator_options + [
                 "--out", str(final), "--init-from", str(start / "export"), "--max-steps", str(steps), "--lr", str(lr),
                 "--warmup-steps", "50", "--micro-batch", str(args.finetune_batch // args.finetune_ranks)])
     if args.install:
         target = REPO / "tokvid" / "weights" / "shapes"
-        shutil.rmtree(target, ignore_errors=True)
-        install(final / "export", target)
+        install(final / "export", video_tokenizer, target)
         print(f"installed the pipeline into {target}")
     return 0
 
