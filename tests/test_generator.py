@@ -46,6 +46,15 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def train_tiny(model: Generator, clips: torch.Tensor, text: torch.Tensor, data: torch.Generator, steps: int) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss, _ = model.training_loss(clips, text, generator=data)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 # ---- configuration ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides", [
@@ -441,15 +450,46 @@ def test_tiny_training_run_learns_far_above_chance(patch):
     patterns = torch.randint(0, CODEBOOK, (4, HEIGHT, WIDTH), generator=data)
     clips = torch.stack([(patterns[k] + torch.arange(4)[:, None, None]) % CODEBOOK for k in range(4)])
     text = torch.tensor([[2, 4 + k, 3, 0, 0] for k in range(4)])[:, None].expand(-1, 4, -1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(250):
-        loss, _ = model.training_loss(clips, text, generator=data)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_tiny(model, clips, text, data, steps=250)
     with torch.no_grad():
         accuracy = sum(model.training_loss(clips, text, generator=seeded(s))[1]["masked_accuracy"] for s in range(8)) / 8
     assert accuracy > 6 / CODEBOOK  # chance is 1/16
+
+
+def test_first_chunk_candidates_keep_the_likeliest_first_chunk_and_sample_later_chunks_once(monkeypatch):
+    model = tiny_model()
+    text = random_text(2, 3)
+    candidates = [random_codes(2, 1, seed=s)[:, 0].flatten(1) for s in (1, 2, 3)]
+    later = random_codes(2, 1, seed=9)[:, 0].flatten(1)
+    calls = []
+
+    def prescribed(chunk_index, *args, **kwargs):
+        calls.append(chunk_index)
+        return candidates[len(calls) - 1] if chunk_index == 0 else later
+
+    monkeypatch.setattr(model, "_sample_chunk", prescribed)
+    codes = model.generate(text, steps=2, first_chunk_candidates=3, generator=seeded(0))
+    assert calls == [0, 0, 0, 1, 2]
+    with torch.no_grad():
+        scores = torch.stack([model.chunk_log_likelihood(candidate, text[:, 0]) for candidate in candidates])
+    assert scores.unique().numel() == scores.numel()  # the choice is not a tie
+    for row, best in enumerate(scores.argmax(dim=0).tolist()):
+        assert torch.equal(codes[row, 0].flatten(), candidates[best][row])
+        assert all(torch.equal(codes[row, chunk].flatten(), later[row]) for chunk in (1, 2))
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_chunk_log_likelihood_prefers_the_first_chunk_a_tiny_model_learned(patch):
+    torch.manual_seed(0)
+    model = Generator(tiny_config(window_chunks=1, token_patch=patch))
+    data = seeded(0)
+    patterns = torch.randint(0, CODEBOOK, (4, 1, HEIGHT, WIDTH), generator=data)
+    text = torch.tensor([[2, 4 + k, 3, 0, 0] for k in range(4)])[:, None]
+    train_tiny(model, patterns, text, data, steps=150)
+    with torch.no_grad():
+        learned = model.chunk_log_likelihood(patterns.flatten(1), text[:, 0])
+        other = model.chunk_log_likelihood(patterns.roll(1, dims=0).flatten(1), text[:, 0])  # another prompt's
+    assert (learned > other).all() and (learned <= 0).all()
 
 
 # ---- persistence -----------------------------------------------------------------------------
@@ -526,6 +566,8 @@ def test_bad_inputs_raise_value_error():
         lambda: model.generate(text, prime_codes=random_codes(1, 3)),         # more prime than chunks
         lambda: model.generate(text, prime_codes=random_codes(2, 1)),         # batch mismatch
         lambda: model.generate(text, prime_codes=codes + CODEBOOK),           # mask id not a code
+        lambda: model.generate(text, first_chunk_candidates=0),
+        lambda: model.generate(text, first_chunk_candidates=2.0),
     ]
     for number, call in enumerate(bad_calls):
         with pytest.raises(ValueError):

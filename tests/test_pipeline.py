@@ -66,6 +66,8 @@ def test_prime_frames_continue_a_video(pipe):
     lambda p: p("a red circle moves right", num_frames=9, steps=0),
     lambda p: p("a red circle moves right", num_frames=9, cfg_scale=-1),
     lambda p: p("a red circle moves right", num_frames=9, order="sideways"),
+    lambda p: p("a red circle moves right", num_frames=9, first_chunk_candidates=0),
+    lambda p: p("a red circle moves right", num_frames=9, first_chunk_candidates=1.5),
 ])
 def test_bad_input_raises_value_error(pipe, call):
     with pytest.raises(ValueError):

@@ -616,7 +616,8 @@ class Generator(nn.Module):
                  temperature: float = 1.0, top_k: int | None = None, negative_text: torch.Tensor | None = None,
                  prime_codes: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  order: str = "confidence", window_chunks: int | None = None, choice_temperature: float = 4.5,
-                 progress: Callable[[int, int], None] | None = None, use_cache: bool = True) -> torch.LongTensor:
+                 progress: Callable[[int, int], None] | None = None, use_cache: bool = True,
+                 first_chunk_candidates: int = 1) -> torch.LongTensor:
         """Sample codes (B, num_chunks, h, w), one chunk at a time with MaskGIT, past chunks from a KV cache.
 
         text: (B, n, L) per-chunk prompt ids (or (B, L) for one prompt throughout). prime_codes (B,p,h,w)
@@ -626,7 +627,10 @@ class Generator(nn.Module):
         (0 = greedy). order: which sampled tokens to keep each step, "confidence" (MaskGIT, with
         choice_temperature-scaled annealed Gumbel noise) or "random". progress(done, total) is called
         after each chunk. use_cache=False re-runs every past chunk at every step (as Phenaki does): same
-        samples, quadratic time; it exists to measure what the cache saves.
+        samples, quadratic time; it exists to measure what the cache saves. first_chunk_candidates=K > 1
+        samples the video's first chunk (the one drawn from the prompt alone, so the likeliest to come out
+        malformed) K times and keeps the candidate the model finds likeliest (`chunk_log_likelihood`);
+        later chunks build on it as usual. K=1 samples exactly as without it.
         """
         config = self.config
         text, num_chunks = self._check_generate_text(text, num_chunks, "text")
@@ -637,6 +641,9 @@ class Generator(nn.Module):
             negative_text, _ = self._check_generate_text(negative_text, num_chunks, "negative_text", batch)
             negative_text = negative_text.to(device).long()
         _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, config.codebook_size)
+        if not isinstance(first_chunk_candidates, int) or isinstance(first_chunk_candidates, bool) or \
+                first_chunk_candidates < 1:
+            raise ValueError(f"first_chunk_candidates must be an int >= 1, got {first_chunk_candidates!r}")
         window_chunks = self._check_window(window_chunks)
         num_prime = 0
         if prime_codes is not None:
@@ -660,9 +667,11 @@ class Generator(nn.Module):
                 decided = prime_codes[:, chunk].flatten(1)
             else:
                 history = None if use_cache or not chunks else torch.stack(chunks, dim=1)
-                decided = self._sample_chunk(chunk, stream_text, cache, num_streams, batch, steps, cfg_scale,
-                                             temperature, top_k, order, choice_temperature, generator,
-                                             history, window_chunks)
+                candidates = [self._sample_chunk(chunk, stream_text, cache, num_streams, batch, steps, cfg_scale,
+                                                 temperature, top_k, order, choice_temperature, generator,
+                                                 history, window_chunks)
+                              for _ in range(first_chunk_candidates if chunk == 0 else 1)]
+                decided = candidates[0] if len(candidates) == 1 else self._likeliest(candidates, text[:, 0])
             chunks.append(decided)
             if use_cache and chunk + 1 < num_chunks and window_chunks > 1:
                 # One pass over the decided tokens gives the keys/values later chunks will attend to.
@@ -672,6 +681,28 @@ class Generator(nn.Module):
             if progress is not None and chunk >= num_prime:
                 progress(chunk + 1, num_chunks)
         return torch.stack(chunks, dim=1).view(batch, num_chunks, config.chunk_height, config.chunk_width)
+
+    def chunk_log_likelihood(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Mean log-probability (B,) of a video's first chunk, tokens (B, h*w), under text (B, L): every token
+        predicted with the other half of the chunk visible (a checkerboard and its complement), the way
+        MaskGIT training asks for masked tokens. No randomness, so reranking by it keeps seeds reproducible."""
+        config = self.config
+        rows = torch.arange(config.chunk_height, device=tokens.device)[:, None]
+        cols = torch.arange(config.chunk_width, device=tokens.device)[None, :]
+        black = ((rows + cols) % 2 == 0).flatten()
+        total = torch.zeros(tokens.shape[0], device=tokens.device)
+        for hidden_half in (black, ~black):
+            inputs = tokens.masked_fill(hidden_half, config.mask_id)
+            hidden, _, _ = self._chunk_hidden(inputs, text, 0, KVCache(config.depth, 0))
+            log_probs = self._logits(hidden).log_softmax(dim=-1).gather(-1, tokens[..., None])[..., 0]
+            total = total + (log_probs * hidden_half).sum(dim=-1)
+        return total / tokens.shape[1]
+
+    def _likeliest(self, candidates: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """Per batch row, the candidate chunk (B, h*w) with the highest chunk_log_likelihood under the prompt."""
+        scores = torch.stack([self.chunk_log_likelihood(candidate, text) for candidate in candidates])
+        best = scores.argmax(dim=0)
+        return torch.stack(candidates)[best, torch.arange(best.shape[0], device=best.device)]
 
     def _sample_chunk(self, chunk_index, stream_text, cache, num_streams, batch, steps, cfg_scale, temperature,
                       top_k, order, choice_temperature, generator, history=None, window_chunks=None) -> torch.Tensor:

@@ -33,6 +33,7 @@ class SamplingSettings:
     top_k: int | None = None  # keep only the k likeliest codes per position (None: all)
     order: str = "confidence"  # which tokens are kept at each step: "confidence" or "random"
     window_chunks: int | None = None  # chunks of attention context (None: the generator's trained window)
+    first_chunk_candidates: int = 1  # sample the first chunk this many times, keep the one the model finds likeliest
 
     def __post_init__(self):
         if int(self.steps) != self.steps or self.steps < 1:
@@ -47,6 +48,9 @@ class SamplingSettings:
             raise ValueError(f"order must be 'confidence' or 'random', got {self.order!r}")
         if self.window_chunks is not None and self.window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1 or None, got {self.window_chunks}")
+        if int(self.first_chunk_candidates) != self.first_chunk_candidates or self.first_chunk_candidates < 1:
+            raise ValueError(f"first_chunk_candidates must be a whole number >= 1, got {self.first_chunk_candidates}")
+        self.first_chunk_candidates = int(self.first_chunk_candidates)
 
 
 @dataclass
@@ -130,7 +134,8 @@ class TokVidPipeline:
         codes = self.generator.generate(text, num_chunks=len(owners), steps=settings.steps, cfg_scale=settings.cfg_scale,
                                         temperature=settings.temperature, top_k=settings.top_k, negative_text=negative,
                                         prime_codes=prime_codes, generator=generator, order=settings.order,
-                                        window_chunks=settings.window_chunks, progress=progress)
+                                        window_chunks=settings.window_chunks, progress=progress,
+                                        first_chunk_candidates=settings.first_chunk_candidates)
         video = self.video_tokenizer.decode(codes, chunk_latents=DECODE_CHUNK_LATENTS)
         frames = tensor_to_frames(video[0])
         wanted = total_frames + (prime_chunks - 1) * tc if prime_chunks else total_frames
