@@ -471,7 +471,7 @@ def test_first_chunk_candidates_keep_the_likeliest_first_chunk_and_sample_later_
     codes = model.generate(text, steps=2, first_chunk_candidates=3, generator=seeded(0))
     assert calls == [0, 0, 0, 1, 2]
     with torch.no_grad():
-        scores = torch.stack([model.chunk_log_likelihood(candidate, text[:, 0]) for candidate in candidates])
+        scores = torch.stack([model.first_chunk_log_likelihood(candidate, text[:, 0]) for candidate in candidates])
     assert scores.unique().numel() == scores.numel()  # the choice is not a tie
     for row, best in enumerate(scores.argmax(dim=0).tolist()):
         assert torch.equal(codes[row, 0].flatten(), candidates[best][row])
@@ -487,8 +487,8 @@ def test_chunk_log_likelihood_prefers_the_first_chunk_a_tiny_model_learned(patch
     text = torch.tensor([[2, 4 + k, 3, 0, 0] for k in range(4)])[:, None]
     train_tiny(model, patterns, text, data, steps=150)
     with torch.no_grad():
-        learned = model.chunk_log_likelihood(patterns.flatten(1), text[:, 0])
-        other = model.chunk_log_likelihood(patterns.roll(1, dims=0).flatten(1), text[:, 0])  # another prompt's
+        learned = model.first_chunk_log_likelihood(patterns.flatten(1), text[:, 0])
+        other = model.first_chunk_log_likelihood(patterns.roll(1, dims=0).flatten(1), text[:, 0])  # another prompt's
     assert (learned > other).all() and (learned <= 0).all()
 
 

@@ -628,9 +628,9 @@ class Generator(nn.Module):
         choice_temperature-scaled annealed Gumbel noise) or "random". progress(done, total) is called
         after each chunk. use_cache=False re-runs every past chunk at every step (as Phenaki does): same
         samples, quadratic time; it exists to measure what the cache saves. first_chunk_candidates=K > 1
-        samples the video's first chunk (the one drawn from the prompt alone, so the likeliest to come out
-        malformed) K times and keeps the candidate the model finds likeliest (`chunk_log_likelihood`);
-        later chunks build on it as usual. K=1 samples exactly as without it.
+        samples the video's first chunk (drawn from the prompt alone, so the likeliest to come out malformed;
+        a primed video has none) K times and keeps the candidate the model finds likeliest
+        (`first_chunk_log_likelihood`); later chunks build on it as usual. K=1 samples exactly as without it.
         """
         config = self.config
         text, num_chunks = self._check_generate_text(text, num_chunks, "text")
@@ -682,7 +682,7 @@ class Generator(nn.Module):
                 progress(chunk + 1, num_chunks)
         return torch.stack(chunks, dim=1).view(batch, num_chunks, config.chunk_height, config.chunk_width)
 
-    def chunk_log_likelihood(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def first_chunk_log_likelihood(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Mean log-probability (B,) of a video's first chunk, tokens (B, h*w), under text (B, L): every token
         predicted with the other half of the chunk visible (a checkerboard and its complement), the way
         MaskGIT training asks for masked tokens. No randomness, so reranking by it keeps seeds reproducible."""
@@ -699,8 +699,8 @@ class Generator(nn.Module):
         return total / tokens.shape[1]
 
     def _likeliest(self, candidates: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-        """Per batch row, the candidate chunk (B, h*w) with the highest chunk_log_likelihood under the prompt."""
-        scores = torch.stack([self.chunk_log_likelihood(candidate, text) for candidate in candidates])
+        """Per batch row, the candidate chunk (B, h*w) with the highest first_chunk_log_likelihood under the prompt."""
+        scores = torch.stack([self.first_chunk_log_likelihood(candidate, text) for candidate in candidates])
         best = scores.argmax(dim=0)
         return torch.stack(candidates)[best, torch.arange(best.shape[0], device=best.device)]
 
