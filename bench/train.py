@@ -158,7 +158,7 @@ def generator_closed_form_flops(model, batch: int, chunks: int, masked_tokens: f
     import torch
 
     config = model.config
-    per_chunk = config.text_length + config.chunk_positions
+    per_chunk = config.sequence_per_chunk
     window = config.window_chunks
     if config.clean_context:
         keys_per_query_chunk = ([min(c + 1, window) * per_chunk for c in range(chunks - 1)]  # clean copy
@@ -244,14 +244,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def run_name(model: str, preset: str, token_patch: int) -> str:
+    """The row name of a measured model: 'generator small', 'generator small patch 2'."""
+    return f"{model} {preset}" + (f" patch {token_patch}" if token_patch > 1 else "")
+
+
 def bench_model(script: Path, model: str, preset: str, token_patch: int, global_batch: int, args) -> dict:
     params = {"model": model, "preset": preset, "token_patch": token_patch, "steps": args.steps, "warmup": args.warmup}
     flops = common.run_phase(script, "flops", {**params, "micro_batch": global_batch}, threads=1)
     if model == "generator":  # the GEMM of the MLP's first layer over every position of a step
         config, chunks = _generator_config(params)
         sequence_chunks = 2 * chunks - 1 if config.clean_context else chunks
-        shape = [global_batch * sequence_chunks * (config.text_length + config.chunk_positions), config.dim,
-                 4 * config.dim]
+        shape = [global_batch * sequence_chunks * config.sequence_per_chunk, config.dim, 4 * config.dim]
     else:  # oneDNN convolutions run near the machine's peak, so compare with a well-shaped square GEMM
         shape = [1024, 1024, 1024]
     single = common.run_phase(script, "train", {**params, "shape": shape, "micro_batch": global_batch}, threads=2)
@@ -259,8 +263,7 @@ def bench_model(script: Path, model: str, preset: str, token_patch: int, global_
     counted_per_unit = flops["flops_per_micro_batch"] / flops["units_per_micro_batch"]
     # FlopCounterMode does not count CPU scaled_dot_product_attention, so the generator uses its closed form.
     flops_per_unit = flops.get("closed_form_flops", flops["flops_per_micro_batch"]) / flops["units_per_micro_batch"]
-    name = f"{model} {preset}" + (f" patch {token_patch}" if token_patch > 1 else "")
-    result = {"model": name, "unit": flops["unit"], "parameters": flops["parameters"], "global_batch": global_batch,
+    result = {"model": run_name(model, preset, token_patch), "unit": flops["unit"], "parameters": flops["parameters"], "global_batch": global_batch,
               "flops_per_unit": flops_per_unit, "flop_counter_per_unit": counted_per_unit,
               "matmul_shape": shape, "single_matmul_gflops": single["matmul_gflops"],
               "two_ranks_matmul_gflops": pair["matmul_gflops"],
@@ -280,7 +283,7 @@ def main() -> None:
             for patch in args.generator_token_patches] * ("generator" in args.models)
     runs += [("tokenizer", "small", 1)] * ("tokenizer" in args.models)
     for model, preset, patch in runs:
-        print(f"benchmarking {model} {preset}" + (f" patch {patch}" if patch > 1 else "") + " ...", flush=True)
+        print(f"benchmarking {run_name(model, preset, patch)} ...", flush=True)
         results["results"].append(bench_model(script, model, preset, patch, batches[model], args))
     rows = [[r["model"], r["parameters"], r["global_batch"], r["flops_per_unit"] / 1e6, r["flop_counter_per_unit"] / 1e6,
              "x".join(map(str, r["matmul_shape"])), r["single_matmul_gflops"], r["single_2_threads_per_s"], r["single_mfu"],

@@ -146,6 +146,11 @@ class GeneratorConfig:
         return self.chunk_tokens // self.token_patch ** 2
 
     @property
+    def sequence_per_chunk(self) -> int:
+        """Sequence positions one chunk takes: its text block, then its video positions."""
+        return self.text_length + self.chunk_positions
+
+    @property
     def mask_id(self) -> int:
         return self.codebook_size
 
@@ -410,7 +415,7 @@ class Generator(nn.Module):
         head_dim = config.dim // config.heads
         if not config.spatial_rotary:
             return rotary_cos_sin(chunk_index, head_dim, config.rope_base)
-        per_chunk = config.text_length + config.chunk_positions
+        per_chunk = config.sequence_per_chunk
         slot = torch.arange(chunk_index.shape[0], device=chunk_index.device) % per_chunk - config.text_length
         video_slot = slot.clamp(min=0)
         is_video = slot >= 0
@@ -421,7 +426,7 @@ class Generator(nn.Module):
     def _video_hidden(self, tokens: torch.Tensor, text: torch.Tensor, window_chunks: int) -> torch.Tensor:
         """Full recompute with the block-causal windowed mask: (B,t,N) + (B,t,L) -> normed (B,t,N,D)."""
         chunks = tokens.shape[1]
-        per_chunk = self.config.text_length + self.config.chunk_positions
+        per_chunk = self.config.sequence_per_chunk
         x, key_valid = self.embed(tokens, text)
         chunk_index = torch.arange(chunks, device=x.device).repeat_interleave(per_chunk)
         offset = chunk_index[:, None] - chunk_index[None, :]
@@ -436,7 +441,7 @@ class Generator(nn.Module):
         cos, sin = self._rotary(chunk_index)
         for block in self.blocks:
             x, _ = block(x, cos, sin, mask)
-        per_chunk = self.config.text_length + self.config.chunk_positions
+        per_chunk = self.config.sequence_per_chunk
         x = x[:, x.shape[1] - output_chunks * per_chunk:].unflatten(1, (output_chunks, per_chunk))
         return self._token_states(x[:, :, self.config.text_length:])
 
@@ -454,7 +459,7 @@ class Generator(nn.Module):
         The sequence is [clean chunks 0..t-2 | masked chunks 0..t-1] (the last clean chunk is nobody's context).
         """
         chunks = masked.shape[1]
-        per_chunk = self.config.text_length + self.config.chunk_positions
+        per_chunk = self.config.sequence_per_chunk
         clean_x, clean_valid = self.embed(clean[:, :-1], text[:, :-1])
         masked_x, masked_valid = self.embed(masked, text)
         x = torch.cat([clean_x, masked_x], dim=1)
@@ -640,10 +645,7 @@ class Generator(nn.Module):
         if negative_text is not None:
             negative_text, _ = self._check_generate_text(negative_text, num_chunks, "negative_text", batch)
             negative_text = negative_text.to(device).long()
-        _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, config.codebook_size)
-        if not isinstance(first_chunk_candidates, int) or isinstance(first_chunk_candidates, bool) or \
-                first_chunk_candidates < 1:
-            raise ValueError(f"first_chunk_candidates must be an int >= 1, got {first_chunk_candidates!r}")
+        _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, first_chunk_candidates)
         window_chunks = self._check_window(window_chunks)
         num_prime = 0
         if prime_codes is not None:
@@ -700,9 +702,10 @@ class Generator(nn.Module):
 
     def _likeliest(self, candidates: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
         """Per batch row, the candidate chunk (B, h*w) with the highest first_chunk_log_likelihood under the prompt."""
-        scores = torch.stack([self.first_chunk_log_likelihood(candidate, text) for candidate in candidates])
-        best = scores.argmax(dim=0)
-        return torch.stack(candidates)[best, torch.arange(best.shape[0], device=best.device)]
+        stacked = torch.stack(candidates)  # (K, B, h*w), scored in one batch of K*B
+        scores = self.first_chunk_log_likelihood(stacked.flatten(0, 1), text.repeat(len(candidates), 1))
+        best = scores.view(len(candidates), -1).argmax(dim=0)
+        return stacked[best, torch.arange(best.shape[0], device=best.device)]
 
     def _sample_chunk(self, chunk_index, stream_text, cache, num_streams, batch, steps, cfg_scale, temperature,
                       top_k, order, choice_temperature, generator, history=None, window_chunks=None) -> torch.Tensor:
@@ -845,9 +848,11 @@ def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     return -torch.log((-torch.log(uniform)).clamp_(min=1e-20))
 
 
-def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, codebook_size) -> None:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature,
+                        first_chunk_candidates) -> None:
+    for name, value in (("steps", steps), ("first_chunk_candidates", first_chunk_candidates)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
         raise ValueError(f"cfg_scale must be >= 0 (0 = unconditional, 1 = conditional only), got {cfg_scale!r}")
     if not isinstance(temperature, (int, float)) or not temperature >= 0:
