@@ -296,8 +296,9 @@ def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, mo
     monkeypatch.setattr(recipe, "run", fake_run)
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # the recipe sets it if unset; keep it from leaking
     assert recipe.main(["--out", str(tmp_path / "run")]) == 0
-    stages = [c for c in commands if any(part.endswith("train_generator.py") for part in c)]
+    generator_stages = lambda: [c for c in commands if any(part.endswith("train_generator.py") for part in c)]  # noqa: E731
     value = lambda command, flag: command[command.index(flag) + 1] if flag in command else None  # noqa: E731
+    stages = generator_stages()
     run = tmp_path / "run"
     names = ["generator", "generator_stage2", "generator_stage3", "generator_stage4"]
     assert [value(c, "--out") for c in stages] == [str(run / name) for name in names]
@@ -309,8 +310,7 @@ def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, mo
     commands.clear()
     assert recipe.main(["--out", str(run)]) == 0 and commands == []
     assert recipe.main(["--out", str(tmp_path / "short"), "--later-stages", ""]) == 0
-    assert [value(c, "--out") for c in commands if any(part.endswith("train_generator.py") for part in c)] == [
-        str(tmp_path / "short" / "generator")]
+    assert [value(c, "--out") for c in generator_stages()] == [str(tmp_path / "short" / "generator")]
 
 
 @pytest.mark.parametrize("flags,message", [
