@@ -105,7 +105,8 @@ def interval(summary: dict) -> str:
 def report_row(name: str, summary: dict) -> list:
     return [name, summary["videos"], summary["segment_accuracy"], interval(summary), summary["video_accuracy"],
             summary["colour_accuracy"], summary["shape_accuracy"], summary["motion_accuracy"], summary["identity_rate"],
-            summary["clean_frame_rate"], summary["frozen_video_rate"], summary["seconds_per_video"]]
+            summary["clean_frame_rate"], summary["frozen_video_rate"], summary["blocked_segment_rate"],
+            summary["seconds_per_video"]]
 
 
 def run_sets(args, generate, out: Path) -> dict:
@@ -129,7 +130,8 @@ def run_sets(args, generate, out: Path) -> dict:
         rows.append(report_row(name, result["summary"]))
     if rows:
         common.print_table("shapes-v1 accuracy", ["set", "videos", "segment acc", "95% interval", "video acc", "colour",
-                                                  "shape", "motion", "identity", "clean frames", "frozen", "s/video"],
+                                                  "shape", "motion", "identity", "clean frames", "frozen", "blocked",
+                                                  "s/video"],
                            rows)
     if "long" in results:
         drift = results["long"]["summary"]["accuracy_by_segment_index"]

@@ -221,6 +221,12 @@ def test_generator_trains_on_two_ranks_and_exports_a_pipeline(work, zero3_resume
     text = pipe.text_tokenizer.batch(["a red circle"] * 3, config.text_length)[None]
     with torch.no_grad():
         assert torch.equal(pipe.generator(tokens, text), engine_model.eval()(tokens, text))
+    # what sampling may draw: the codes of the training shards, counted
+    from tokvid.shards import TokenShards
+
+    recorded = pipe.generator.code_counts
+    assert torch.equal(recorded, torch.from_numpy(TokenShards(shards).code_counts(config.codebook_size)))
+    assert 0 < int((recorded > 0).sum()) < config.codebook_size
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configuration(work):

@@ -111,6 +111,10 @@ def test_shard_writer_splits_and_reads_back(tmp_path):
     for i, codes in enumerate(items):
         got, meta = shards[i]
         assert torch.equal(got, torch.from_numpy(codes)) and meta["caption"] == str(i)
+    counts = shards.code_counts(70000)
+    assert np.array_equal(counts, np.bincount(np.concatenate([c.ravel() for c in items]), minlength=70000))
+    with pytest.raises(ValueError, match="another tokenizer"):
+        shards.code_counts(100)
     with pytest.raises(ValueError, match="already holds shards"):
         ShardWriter(tmp_path / "s", info)
     with pytest.raises(ValueError, match="no info.json"):

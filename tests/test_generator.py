@@ -456,7 +456,7 @@ def test_tiny_training_run_learns_far_above_chance(patch):
     assert accuracy > 6 / CODEBOOK  # chance is 1/16
 
 
-def test_first_chunk_candidates_keep_the_likeliest_first_chunk_and_sample_later_chunks_once(monkeypatch):
+def test_first_chunk_candidates_keep_the_most_prompt_specific_first_chunk_and_sample_later_chunks_once(monkeypatch):
     model = tiny_model()
     text = random_text(2, 3)
     candidates = [random_codes(2, 1, seed=s)[:, 0].flatten(1) for s in (1, 2, 3)]
@@ -470,8 +470,10 @@ def test_first_chunk_candidates_keep_the_likeliest_first_chunk_and_sample_later_
     monkeypatch.setattr(model, "_sample_chunk", prescribed)
     codes = model.generate(text, steps=2, first_chunk_candidates=3, generator=seeded(0))
     assert calls == [0, 0, 0, 1, 2]
+    null = model.null_text(2, 1)[:, 0]
     with torch.no_grad():
-        scores = torch.stack([model.first_chunk_log_likelihood(candidate, text[:, 0]) for candidate in candidates])
+        scores = torch.stack([model.first_chunk_log_likelihood(candidate, text[:, 0])
+                              - model.first_chunk_log_likelihood(candidate, null) for candidate in candidates])
     assert scores.unique().numel() == scores.numel()  # the choice is not a tie
     for row, best in enumerate(scores.argmax(dim=0).tolist()):
         assert torch.equal(codes[row, 0].flatten(), candidates[best][row])
@@ -492,6 +494,27 @@ def test_chunk_log_likelihood_prefers_the_first_chunk_a_tiny_model_learned(patch
     assert (learned > other).all() and (learned <= 0).all()
 
 
+def test_first_chunk_choice_prefers_what_the_prompt_explains_over_the_commonest_chunk(monkeypatch):
+    """Half of every prompt's clips show one common chunk, half a chunk of that prompt's own: the common
+    one is as likely or likelier under the prompt, but only the prompt's own gains from it over the empty
+    prompt."""
+    torch.manual_seed(0)
+    model = Generator(tiny_config(window_chunks=1))
+    data = seeded(0)
+    own = torch.randint(0, CODEBOOK, (4, 1, HEIGHT, WIDTH), generator=data)
+    common = torch.randint(0, CODEBOOK, (1, 1, HEIGHT, WIDTH), generator=data).expand(4, -1, -1, -1)
+    text = torch.tensor([[2, 4 + k, 3, 0, 0] for k in range(4)])[:, None]
+    train_tiny(model, torch.cat([own, common]), text.repeat(2, 1, 1), data, steps=200)
+    candidates = iter([common[:, 0].flatten(1), own[:, 0].flatten(1)])
+    monkeypatch.setattr(model, "_sample_chunk", lambda *args, **kwargs: next(candidates))
+    with torch.no_grad():
+        chosen = model.generate(text[:, 0], num_chunks=1, first_chunk_candidates=2)
+        gain = model.first_chunk_log_likelihood(common[:, 0].flatten(1), text[:, 0, :]) \
+            - model.first_chunk_log_likelihood(own[:, 0].flatten(1), text[:, 0, :])
+    assert torch.equal(chosen, own)
+    assert (gain > 0).any()  # the likelihood under the prompt alone would have kept the common chunk
+
+
 # ---- persistence -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("heads", [{}, dict(code_levels=[4, 4]), dict(code_levels=[4, 4], digit_head=True),
@@ -504,6 +527,43 @@ def test_save_load_reproduces_samples(tmp_path, heads):
     loaded = Generator.from_pretrained(tmp_path / "gen")
     assert loaded.config == model.config and loaded.num_parameters() == model.num_parameters()
     assert torch.equal(model.generate(text, steps=3, generator=seeded(4)), loaded.generate(text, steps=3, generator=seeded(4)))
+
+
+def test_sampling_draws_only_codes_the_training_data_has():
+    """code_counts (recorded by training) limits what generate draws to codes seen min_code_count times;
+    0, or a generator whose counts were never recorded, draws from every code."""
+    model = tiny_model()
+    text = random_text(2, 3)
+
+    def drawn(**options) -> set[int]:
+        return set(model.generate(text, steps=2, temperature=2.0, generator=seeded(1), **options).flatten().tolist())
+
+    everything = drawn()  # nothing recorded: every code may come out
+    assert len(everything) > 8
+    counts = torch.zeros(CODEBOOK, dtype=torch.long)
+    counts[[1, 4, 9, 12]] = torch.tensor([1, 5, 5, 20])
+    model.code_counts.copy_(counts)
+    assert drawn() <= {1, 4, 9, 12} and drawn(min_code_count=5) <= {4, 9, 12} and drawn(min_code_count=20) == {12}
+    assert drawn(min_code_count=0) == everything  # the restriction is the only change
+    with pytest.raises(ValueError, match="excludes every code"):
+        model.generate(text, min_code_count=21)
+
+
+def test_code_counts_survive_save_and_load_and_old_files_load_without_them(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model()
+    model.code_counts.copy_(torch.arange(CODEBOOK))
+    model.save_pretrained(tmp_path / "gen")
+    assert torch.equal(Generator.from_pretrained(tmp_path / "gen").code_counts, torch.arange(CODEBOOK))
+    weights_path = tmp_path / "gen" / "model.safetensors"
+    old = {key: value for key, value in load_file(str(weights_path)).items() if key != "code_counts"}
+    save_file(old, str(weights_path))  # as saved before counts were recorded
+    loaded = Generator.from_pretrained(tmp_path / "gen")
+    assert not loaded.code_counts.any()
+    text = random_text(1, 2)
+    assert torch.equal(loaded.generate(text, steps=2, generator=seeded(0)),
+                       loaded.generate(text, steps=2, generator=seeded(0), min_code_count=0))
 
 
 def test_load_rejects_missing_foreign_and_mismatched_dirs(tmp_path):
@@ -568,6 +628,8 @@ def test_bad_inputs_raise_value_error():
         lambda: model.generate(text, prime_codes=codes + CODEBOOK),           # mask id not a code
         lambda: model.generate(text, first_chunk_candidates=0),
         lambda: model.generate(text, first_chunk_candidates=2.0),
+        lambda: model.generate(text, min_code_count=-1),
+        lambda: model.generate(text, min_code_count=1.5),
     ]
     for number, call in enumerate(bad_calls):
         with pytest.raises(ValueError):

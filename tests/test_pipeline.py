@@ -68,6 +68,7 @@ def test_prime_frames_continue_a_video(pipe):
     lambda p: p("a red circle moves right", num_frames=9, order="sideways"),
     lambda p: p("a red circle moves right", num_frames=9, first_chunk_candidates=0),
     lambda p: p("a red circle moves right", num_frames=9, first_chunk_candidates=1.5),
+    lambda p: p("a red circle moves right", num_frames=9, min_code_count=-1),
 ])
 def test_bad_input_raises_value_error(pipe, call):
     with pytest.raises(ValueError):
@@ -131,6 +132,7 @@ def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path
     ["--story-file", "MALFORMED"],
     ["--story-file", "MISSING"],
     ["--prompt", "a red circle moves right", "--model", "no-such-model"],
+    ["--prompt", "a red circle moves right", "--min-code-count", "-1"],
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_pipeline_dir, tmp_path, args):
     (tmp_path / "bad.json").write_text("[{\"prompt\": 1")

@@ -78,6 +78,14 @@ def test_stopping_at_a_wall_counts_as_right_but_leaving_early_does_not():
     stopped_early = frames.copy()
     stopped_early[4:] = stopped_early[3]  # halts 4 px before the wall
     assert not score_video(stopped_early, story)["segments"][0]["motion_ok"]
+    # already at the wall: standing still is right, and the segment is counted as blocked, not judged frozen
+    parked, _ = render_story(story, 0, side=12, start=(0, 30))
+    moving, blocked = score_video(frames, story), score_video(parked, story)
+    assert blocked["all_ok"] and blocked["segments"][0]["blocked"] and blocked["segments"][0]["frozen"] is None
+    assert not moving["segments"][0]["blocked"]
+    assert summarize([moving, blocked])["blocked_segment_rate"] == 0.5
+    still = [("a cyan square stays still", 8)]
+    assert not score_video(render_story(still, 0, side=12, start=(0, 30))[0], still)["segments"][0]["blocked"]
 
 
 def test_static_video_for_a_moving_prompt_is_frozen():

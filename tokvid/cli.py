@@ -56,7 +56,9 @@ def generate_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--order", choices=("confidence", "random"), default=None)
     gen.add_argument("--first-chunk-candidates", type=int, default=None,
-                     help="sample the first chunk this many times and keep the likeliest (default: the model's)")
+                     help="sample the first chunk this many times and keep the most prompt-specific (default: the model's)")
+    gen.add_argument("--min-code-count", type=int, default=None,
+                     help="draw only codes seen this often in the generator's training data (0: any; default: the model's)")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--prime", default=None, help="image or video to continue from (image-to-video)")
     gen.add_argument("--no-sheet", action="store_true", help="do not write the contact-sheet PNG")
@@ -79,7 +81,8 @@ def generate_main(argv=None) -> None:
     story = load_story_file(args.story_file) if args.story_file else None
     options = {k: v for k, v in dict(steps=args.steps, cfg_scale=args.cfg_scale, temperature=args.temperature,
                                       top_k=args.top_k, order=args.order,
-                                      first_chunk_candidates=args.first_chunk_candidates).items() if v is not None}
+                                      first_chunk_candidates=args.first_chunk_candidates,
+                                      min_code_count=args.min_code_count).items() if v is not None}
     from .pipeline import TokVidPipeline
 
     pipe = TokVidPipeline.from_pretrained(args.model)

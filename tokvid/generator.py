@@ -391,6 +391,10 @@ class Generator(nn.Module):
         self.head = nn.Linear(config.dim, head_width, bias=False)
         if config.digit_head:
             self.register_buffer("code_rows", digit_rows(config.code_levels), persistent=False)
+        # How often each code occurs in the training data (training records it; all zero: not recorded).
+        # Sampling draws only codes the data has (generate's min_code_count): a digit head gives some mass to
+        # digit combinations no video contains, and the decoder has never learnt to draw those.
+        self.register_buffer("code_counts", torch.zeros(config.codebook_size, dtype=torch.long))
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
@@ -622,7 +626,7 @@ class Generator(nn.Module):
                  prime_codes: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  order: str = "confidence", window_chunks: int | None = None, choice_temperature: float = 4.5,
                  progress: Callable[[int, int], None] | None = None, use_cache: bool = True,
-                 first_chunk_candidates: int = 1) -> torch.LongTensor:
+                 first_chunk_candidates: int = 1, min_code_count: int = 1) -> torch.LongTensor:
         """Sample codes (B, num_chunks, h, w), one chunk at a time with MaskGIT, past chunks from a KV cache.
 
         text: (B, n, L) per-chunk prompt ids (or (B, L) for one prompt throughout). prime_codes (B,p,h,w)
@@ -634,8 +638,12 @@ class Generator(nn.Module):
         after each chunk. use_cache=False re-runs every past chunk at every step (as Phenaki does): same
         samples, quadratic time; it exists to measure what the cache saves. first_chunk_candidates=K > 1
         samples the video's first chunk (drawn from the prompt alone, so the likeliest to come out malformed;
-        a primed video has none) K times and keeps the candidate the model finds likeliest
-        (`first_chunk_log_likelihood`); later chunks build on it as usual. K=1 samples exactly as without it.
+        a primed video has none) K times and keeps the candidate whose `first_chunk_log_likelihood` gains
+        most from the prompt over the empty prompt (pointwise mutual information: the likelihood alone
+        prefers the data's commonest starts, such as an object already at the wall it is asked to move
+        toward); later chunks build on it as usual. K=1 samples exactly as without it.
+        min_code_count: draw only codes that occur at least this often in the training data (`code_counts`,
+        recorded by training); 0, or a generator without counts, draws from every code.
         """
         config = self.config
         text, num_chunks = self._check_generate_text(text, num_chunks, "text")
@@ -646,6 +654,7 @@ class Generator(nn.Module):
             negative_text, _ = self._check_generate_text(negative_text, num_chunks, "negative_text", batch)
             negative_text = negative_text.to(device).long()
         _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, first_chunk_candidates)
+        excluded = self._excluded_codes(min_code_count)
         window_chunks = self._check_window(window_chunks)
         num_prime = 0
         if prime_codes is not None:
@@ -671,9 +680,9 @@ class Generator(nn.Module):
                 history = None if use_cache or not chunks else torch.stack(chunks, dim=1)
                 candidates = [self._sample_chunk(chunk, stream_text, cache, num_streams, batch, steps, cfg_scale,
                                                  temperature, top_k, order, choice_temperature, generator,
-                                                 history, window_chunks)
+                                                 history, window_chunks, excluded)
                               for _ in range(first_chunk_candidates if chunk == 0 else 1)]
-                decided = candidates[0] if len(candidates) == 1 else self._likeliest(candidates, text[:, 0])
+                decided = candidates[0] if len(candidates) == 1 else self._most_prompt_specific(candidates, text[:, 0])
             chunks.append(decided)
             if use_cache and chunk + 1 < num_chunks and window_chunks > 1:
                 # One pass over the decided tokens gives the keys/values later chunks will attend to.
@@ -700,19 +709,35 @@ class Generator(nn.Module):
             total = total + (log_probs * hidden_half).sum(dim=-1)
         return total / tokens.shape[1]
 
-    def _likeliest(self, candidates: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-        """Per batch row, the candidate chunk (B, h*w) with the highest first_chunk_log_likelihood under the prompt."""
-        stacked = torch.stack(candidates)  # (K, B, h*w), scored in one batch of K*B
-        scores = self.first_chunk_log_likelihood(stacked.flatten(0, 1), text.repeat(len(candidates), 1))
-        best = scores.view(len(candidates), -1).argmax(dim=0)
+    def _most_prompt_specific(self, candidates: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """Per batch row, the candidate chunk (B, h*w) whose first_chunk_log_likelihood under the prompt
+        (B, L) exceeds that under the empty prompt the most."""
+        stacked = torch.stack(candidates)  # (K, B, h*w), scored in one batch of 2*K*B
+        flat = stacked.flatten(0, 1)
+        prompts = torch.cat([text.repeat(len(candidates), 1), self.null_text(flat.shape[0], 1, flat.device)[:, 0]])
+        with_prompt, without = self.first_chunk_log_likelihood(flat.repeat(2, 1), prompts).chunk(2)
+        best = (with_prompt - without).view(len(candidates), -1).argmax(dim=0)
         return stacked[best, torch.arange(best.shape[0], device=best.device)]
 
+    def _excluded_codes(self, min_code_count: int) -> torch.Tensor | None:
+        """The codes (bool (codebook_size,)) sampling must not draw, or None for none."""
+        if not isinstance(min_code_count, int) or isinstance(min_code_count, bool) or min_code_count < 0:
+            raise ValueError(f"min_code_count must be an int >= 0 (0 = every code), got {min_code_count!r}")
+        if min_code_count == 0 or not bool(self.code_counts.any()):
+            return None
+        excluded = self.code_counts < min_code_count
+        if bool(excluded.all()):
+            raise ValueError(f"min_code_count={min_code_count} excludes every code (the commonest occurs "
+                             f"{int(self.code_counts.max())} times in the training data); lower it")
+        return excluded
+
     def _sample_chunk(self, chunk_index, stream_text, cache, num_streams, batch, steps, cfg_scale, temperature,
-                      top_k, order, choice_temperature, generator, history=None, window_chunks=None) -> torch.Tensor:
+                      top_k, order, choice_temperature, generator, history=None, window_chunks=None,
+                      excluded=None) -> torch.Tensor:
         """MaskGIT over one chunk: start fully masked, commit a cosine-scheduled share of tokens each step.
 
         With a cache, past chunks come from it; without one (`cache=None`) the whole prefix (`history`,
-        (B, chunk_index, N) decided tokens) is recomputed at every step."""
+        (B, chunk_index, N) decided tokens) is recomputed at every step. `excluded` codes are never drawn."""
         num_tokens = self.config.chunk_tokens
         tokens = torch.full((batch, num_tokens), self.config.mask_id, dtype=torch.long, device=stream_text.device)
         for step in range(steps):
@@ -727,6 +752,8 @@ class Generator(nn.Module):
             if num_streams == 2:
                 cond, uncond = logits.chunk(2, dim=0)
                 logits = uncond + cfg_scale * (cond - uncond)
+            if excluded is not None:  # after guidance: -inf in both streams would make it NaN
+                logits = logits.masked_fill(excluded, float("-inf"))
             tokens = maskgit_step(tokens, logits, self.config.mask_id, step, steps, temperature, top_k, order,
                                   choice_temperature, generator)
         return tokens
@@ -766,8 +793,10 @@ class Generator(nn.Module):
             raise ValueError(f"{config_path} does not match this code's GeneratorConfig (unknown keys {unknown}, "
                              f"missing keys {missing}); it comes from another tokvid version, re-export it")
         model = cls(GeneratorConfig(**raw))
+        state = load_file(str(weights_path))
+        state.setdefault("code_counts", model.code_counts)  # saved before counts were recorded: none known
         try:
-            model.load_state_dict(load_file(str(weights_path)))
+            model.load_state_dict(state)
         except RuntimeError as error:
             raise ValueError(f"{weights_path} does not fit config.json ({error})") from error
         return model.to(device)

@@ -33,7 +33,8 @@ class SamplingSettings:
     top_k: int | None = None  # keep only the k likeliest codes per position (None: all)
     order: str = "confidence"  # which tokens are kept at each step: "confidence" or "random"
     window_chunks: int | None = None  # chunks of attention context (None: the generator's trained window)
-    first_chunk_candidates: int = 1  # sample the first chunk this many times, keep the one the model finds likeliest
+    first_chunk_candidates: int = 1  # sample the first chunk this many times, keep the most prompt-specific one
+    min_code_count: int = 1  # draw only codes seen at least this often in the generator's training data (0: any)
 
     def __post_init__(self):
         if int(self.steps) != self.steps or self.steps < 1:
@@ -51,6 +52,9 @@ class SamplingSettings:
         if int(self.first_chunk_candidates) != self.first_chunk_candidates or self.first_chunk_candidates < 1:
             raise ValueError(f"first_chunk_candidates must be a whole number >= 1, got {self.first_chunk_candidates}")
         self.first_chunk_candidates = int(self.first_chunk_candidates)
+        if int(self.min_code_count) != self.min_code_count or self.min_code_count < 0:
+            raise ValueError(f"min_code_count must be a whole number >= 0 (0 = any code), got {self.min_code_count}")
+        self.min_code_count = int(self.min_code_count)
 
 
 @dataclass
@@ -135,7 +139,8 @@ class TokVidPipeline:
                                         temperature=settings.temperature, top_k=settings.top_k, negative_text=negative,
                                         prime_codes=prime_codes, generator=generator, order=settings.order,
                                         window_chunks=settings.window_chunks, progress=progress,
-                                        first_chunk_candidates=settings.first_chunk_candidates)
+                                        first_chunk_candidates=settings.first_chunk_candidates,
+                                        min_code_count=settings.min_code_count)
         video = self.video_tokenizer.decode(codes, chunk_latents=DECODE_CHUNK_LATENTS)
         frames = tensor_to_frames(video[0])
         wanted = total_frames + (prime_chunks - 1) * tc if prime_chunks else total_frames

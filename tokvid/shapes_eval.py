@@ -167,6 +167,9 @@ def score_video(frames: np.ndarray, segments: Sequence[tuple[str, int]],
             "colour": found_colour, "shape": found_shape,
             "colour_ok": found_colour == colour, "shape_ok": found_shape == shape,
             "motion_ok": motion_ok, "frozen": frozen, "travel": travel,
+            # a moving segment whose object already stands at the wall it should move toward: standing
+            # still is right (and is not judged frozen), but a model that always parks there learns no motion
+            "blocked": motion != "still" and frozen is None,
         }
         result["ok"] = result["colour_ok"] and result["shape_ok"] and result["motion_ok"]
         results.append(result)
@@ -233,6 +236,7 @@ def summarize(scores: Sequence[dict]) -> dict:
     segment_ok = [bool(s["ok"]) for s in segments]
     stories = [score for score in scores if len(score["segments"]) > 1]
     judged = [s["frozen"] for s in segments if s["frozen"] is not None]
+    moving = [s for s in segments if parse_caption(s["prompt"])[2] != "still"]
     by_index: dict[int, list[bool]] = {}
     for s in segments:
         by_index.setdefault(s["index"], []).append(s["ok"])
@@ -249,6 +253,7 @@ def summarize(scores: Sequence[dict]) -> dict:
         "clean_frame_rate": float(np.mean(frames)),
         "frozen_segment_rate": float(np.mean(judged)) if judged else 0.0,
         "frozen_video_rate": float(np.mean([score["frozen"] for score in scores])),
+        "blocked_segment_rate": float(np.mean([s["blocked"] for s in moving])) if moving else 0.0,
         "accuracy_by_segment_index": {i: float(np.mean(v)) for i, v in sorted(by_index.items())},
     }
 

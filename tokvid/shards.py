@@ -118,6 +118,18 @@ class TokenShards:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
         return (self[i] for i in range(len(self)))
 
+    def code_counts(self, vocab_size: int) -> np.ndarray:
+        """How often each code occurs in these shards: int64 (vocab_size,)."""
+        counts = np.zeros(vocab_size, np.int64)
+        for name in self.info["shards"]:
+            with np.load(self.directory / f"{name}.npz") as data:
+                found = np.bincount(data["codes"].ravel().astype(np.int64), minlength=vocab_size)
+            if len(found) > vocab_size:
+                raise ValueError(f"{self.directory}/{name}.npz holds codes >= {vocab_size}: these shards were made "
+                                 "by another tokenizer than the one given")
+            counts += found
+        return counts
+
     def check_tokenizer(self, tokenizer) -> None:
         """Refuse to decode these codes with a tokenizer that does not make them (the one that made them,
         or one whose decoder alone was fine-tuned from it, may)."""

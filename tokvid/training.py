@@ -944,11 +944,13 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
         digit_mixture=digit_mixture, token_patch=token_patch)
     dataset = TokenChunkDataset(shards, text_model, max_chunks)
     start_weights = None if start is None else _generator_start_weights(start, init_from, model_config, config.seed)
+    code_counts = torch.from_numpy(shards.code_counts(video_model.vocab_size))  # what sampling may draw
 
     def build_model() -> Generator:
         model = Generator(model_config)
         if start_weights is not None:
             model.load_state_dict(start_weights)
+        model.code_counts.copy_(code_counts)
         return model
 
     def loss(model: nn.Module, batch: dict, generator: torch.Generator):
