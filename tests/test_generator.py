@@ -509,8 +509,8 @@ def test_first_chunk_choice_prefers_what_the_prompt_explains_over_the_commonest_
     monkeypatch.setattr(model, "_sample_chunk", lambda *args, **kwargs: next(candidates))
     with torch.no_grad():
         chosen = model.generate(text[:, 0], num_chunks=1, first_chunk_candidates=2)
-        gain = model.first_chunk_log_likelihood(common[:, 0].flatten(1), text[:, 0, :]) \
-            - model.first_chunk_log_likelihood(own[:, 0].flatten(1), text[:, 0, :])
+        gain = model.first_chunk_log_likelihood(common[:, 0].flatten(1), text[:, 0]) \
+            - model.first_chunk_log_likelihood(own[:, 0].flatten(1), text[:, 0])
     assert torch.equal(chosen, own)
     assert (gain > 0).any()  # the likelihood under the prompt alone would have kept the common chunk
 
