@@ -653,7 +653,8 @@ class Generator(nn.Module):
         if negative_text is not None:
             negative_text, _ = self._check_generate_text(negative_text, num_chunks, "negative_text", batch)
             negative_text = negative_text.to(device).long()
-        _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, first_chunk_candidates)
+        _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, first_chunk_candidates,
+                            min_code_count)
         excluded = self._excluded_codes(min_code_count)
         window_chunks = self._check_window(window_chunks)
         num_prime = 0
@@ -721,8 +722,6 @@ class Generator(nn.Module):
 
     def _excluded_codes(self, min_code_count: int) -> torch.Tensor | None:
         """The codes (bool (codebook_size,)) sampling must not draw, or None for none."""
-        if not isinstance(min_code_count, int) or isinstance(min_code_count, bool) or min_code_count < 0:
-            raise ValueError(f"min_code_count must be an int >= 0 (0 = every code), got {min_code_count!r}")
         if min_code_count == 0 or not bool(self.code_counts.any()):
             return None
         excluded = self.code_counts < min_code_count
@@ -878,10 +877,11 @@ def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
 
 
 def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature,
-                        first_chunk_candidates) -> None:
-    for name, value in (("steps", steps), ("first_chunk_candidates", first_chunk_candidates)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+                        first_chunk_candidates, min_code_count) -> None:
+    for name, value, lowest in (("steps", steps, 1), ("first_chunk_candidates", first_chunk_candidates, 1),
+                                ("min_code_count", min_code_count, 0)):  # min_code_count 0: every code
+        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+            raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
     if not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
         raise ValueError(f"cfg_scale must be >= 0 (0 = unconditional, 1 = conditional only), got {cfg_scale!r}")
     if not isinstance(temperature, (int, float)) or not temperature >= 0:

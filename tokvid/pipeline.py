@@ -37,8 +37,7 @@ class SamplingSettings:
     min_code_count: int = 1  # draw only codes seen at least this often in the generator's training data (0: any)
 
     def __post_init__(self):
-        if int(self.steps) != self.steps or self.steps < 1:
-            raise ValueError(f"steps must be a whole number >= 1, got {self.steps}")
+        _check_whole_number("steps", self.steps, 1)
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
         if self.temperature < 0:
@@ -49,12 +48,15 @@ class SamplingSettings:
             raise ValueError(f"order must be 'confidence' or 'random', got {self.order!r}")
         if self.window_chunks is not None and self.window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1 or None, got {self.window_chunks}")
-        if int(self.first_chunk_candidates) != self.first_chunk_candidates or self.first_chunk_candidates < 1:
-            raise ValueError(f"first_chunk_candidates must be a whole number >= 1, got {self.first_chunk_candidates}")
-        self.first_chunk_candidates = int(self.first_chunk_candidates)
-        if int(self.min_code_count) != self.min_code_count or self.min_code_count < 0:
-            raise ValueError(f"min_code_count must be a whole number >= 0 (0 = any code), got {self.min_code_count}")
-        self.min_code_count = int(self.min_code_count)
+        self.first_chunk_candidates = _check_whole_number("first_chunk_candidates", self.first_chunk_candidates, 1)
+        self.min_code_count = _check_whole_number("min_code_count", self.min_code_count, 0)
+
+
+def _check_whole_number(name: str, value, lowest: int) -> int:
+    """value as an int, or a ValueError if it is not a whole number >= lowest (JSON may give 8.0)."""
+    if int(value) != value or value < lowest:
+        raise ValueError(f"{name} must be a whole number >= {lowest}, got {value}")
+    return int(value)
 
 
 @dataclass
