@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import tokvid.generator as generator_module
-from tokvid.generator import Generator, GeneratorConfig, generator_config_preset, maskgit_step
+from tokvid.generator import (LATER_CANDIDATE_UNCOND_WEIGHT, Generator, GeneratorConfig, generator_config_preset,
+                             maskgit_step)
 
 CODEBOOK, TEXT_VOCAB, TEXT_LENGTH, HEIGHT, WIDTH = 16, 12, 5, 2, 4
 
@@ -463,13 +464,13 @@ def test_first_chunk_candidates_keep_the_most_prompt_specific_first_chunk_and_sa
     later = random_codes(2, 1, seed=9)[:, 0].flatten(1)
     calls = []
 
-    def prescribed(chunk_index, *args, **kwargs):
-        calls.append(chunk_index)
-        return candidates[len(calls) - 1] if chunk_index == 0 else later
+    def prescribed(chunk_index, stream_text, cache, num_streams, batch, *args, **kwargs):
+        calls.append((chunk_index, batch))
+        return torch.cat(candidates) if chunk_index == 0 else later  # candidates come as one batch
 
     monkeypatch.setattr(model, "_sample_chunk", prescribed)
     codes = model.generate(text, steps=2, first_chunk_candidates=3, generator=seeded(0))
-    assert calls == [0, 0, 0, 1, 2]
+    assert calls == [(0, 6), (1, 2), (2, 2)]
     null = model.null_text(2, 1)[:, 0]
     with torch.no_grad():
         scores = torch.stack([model.first_chunk_log_likelihood(candidate, text[:, 0])
@@ -478,6 +479,52 @@ def test_first_chunk_candidates_keep_the_most_prompt_specific_first_chunk_and_sa
     for row, best in enumerate(scores.argmax(dim=0).tolist()):
         assert torch.equal(codes[row, 0].flatten(), candidates[best][row])
         assert all(torch.equal(codes[row, chunk].flatten(), later[row]) for chunk in (1, 2))
+
+
+def recomputed_chunk_log_likelihood(model, past, chunk, text):
+    """Summed checkerboard log-probability (B,) of chunk (B, N) after decided past chunks (B, c, N) under text
+    (B, c+1, L), from full forward passes (the other route to what the cache path computes)."""
+    rows = torch.arange(HEIGHT)[:, None]
+    cols = torch.arange(WIDTH)[None, :]
+    black = ((rows + cols) % 2 == 0).flatten()
+    total = torch.zeros(chunk.shape[0])
+    for hidden_half in (black, ~black):
+        sequence = torch.cat([past, chunk.masked_fill(hidden_half, model.config.mask_id)[:, None]], dim=1)
+        logits = model(sequence.view(chunk.shape[0], -1, HEIGHT, WIDTH), text)[:, -1].flatten(1, 2)
+        log_probs = logits.log_softmax(dim=-1).gather(-1, chunk[..., None])[..., 0]
+        total += (log_probs * hidden_half).sum(dim=-1)
+    return total
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_later_chunk_candidates_keep_the_one_the_prompt_explains_given_the_past(monkeypatch, negative):
+    model = tiny_model(window_chunks=3)
+    text = random_text(2, 3)
+    uncond = random_text(2, 3, seed=5) if negative else model.null_text(2, 3)
+    first = random_codes(2, 1, seed=4)[:, 0].flatten(1)
+    candidates = {chunk: [random_codes(2, 1, seed=10 * chunk + s)[:, 0].flatten(1) for s in range(3)]
+                  for chunk in (1, 2)}
+    calls = []
+
+    def prescribed(chunk_index, stream_text, cache, num_streams, batch, *args, **kwargs):
+        calls.append((chunk_index, batch))
+        return first if chunk_index == 0 else torch.cat(candidates[chunk_index])
+
+    monkeypatch.setattr(model, "_sample_chunk", prescribed)
+    codes = model.generate(text, steps=2, cfg_scale=2.0, later_chunk_candidates=3,
+                           negative_text=uncond if negative else None).flatten(2)
+    assert calls == [(0, 2), (1, 6), (2, 6)]
+    assert torch.equal(codes[:, 0], first)
+    with torch.no_grad():
+        for chunk in (1, 2):
+            past = codes[:, :chunk]
+            scores = torch.stack([recomputed_chunk_log_likelihood(model, past, candidate, text[:, :chunk + 1])
+                                  - LATER_CANDIDATE_UNCOND_WEIGHT
+                                  * recomputed_chunk_log_likelihood(model, past, candidate, uncond[:, :chunk + 1])
+                                  for candidate in candidates[chunk]])
+            assert scores.unique().numel() == scores.numel()  # the choice is not a tie
+            for row, best in enumerate(scores.argmax(dim=0).tolist()):
+                assert torch.equal(codes[row, chunk], candidates[chunk][best][row])
 
 
 @pytest.mark.parametrize("patch", [1, 2])
@@ -505,8 +552,8 @@ def test_first_chunk_choice_prefers_what_the_prompt_explains_over_the_commonest_
     common = torch.randint(0, CODEBOOK, (1, 1, HEIGHT, WIDTH), generator=data).expand(4, -1, -1, -1)
     text = torch.tensor([[2, 4 + k, 3, 0, 0] for k in range(4)])[:, None]
     train_tiny(model, torch.cat([own, common]), text.repeat(2, 1, 1), data, steps=200)
-    candidates = iter([common[:, 0].flatten(1), own[:, 0].flatten(1)])
-    monkeypatch.setattr(model, "_sample_chunk", lambda *args, **kwargs: next(candidates))
+    candidates = torch.cat([common[:, 0].flatten(1), own[:, 0].flatten(1)])  # sampled as one batch
+    monkeypatch.setattr(model, "_sample_chunk", lambda *args, **kwargs: candidates)
     with torch.no_grad():
         chosen = model.generate(text[:, 0], num_chunks=1, first_chunk_candidates=2)
         gain = model.first_chunk_log_likelihood(common[:, 0].flatten(1), text[:, 0]) \
@@ -628,6 +675,9 @@ def test_bad_inputs_raise_value_error():
         lambda: model.generate(text, prime_codes=codes + CODEBOOK),           # mask id not a code
         lambda: model.generate(text, first_chunk_candidates=0),
         lambda: model.generate(text, first_chunk_candidates=2.0),
+        lambda: model.generate(text, later_chunk_candidates=0),
+        lambda: model.generate(text, later_chunk_candidates=2, cfg_scale=1.0),  # needs both guidance streams
+        lambda: model.generate(text, later_chunk_candidates=2, cfg_scale=0),
         lambda: model.generate(text, min_code_count=-1),
         lambda: model.generate(text, min_code_count=1.5),
     ]
@@ -637,11 +687,12 @@ def test_bad_inputs_raise_value_error():
             pytest.fail(f"bad call {number} did not raise")
 
 
-def test_sampling_without_cache_gives_the_same_codes():
+@pytest.mark.parametrize("candidates", [{}, dict(first_chunk_candidates=3, later_chunk_candidates=2)])
+def test_sampling_without_cache_gives_the_same_codes(candidates):
     torch.manual_seed(0)
     model = Generator(tiny_config(window_chunks=3)).eval()
     text = torch.randint(4, TEXT_VOCAB, (2, 5, TEXT_LENGTH))
-    kwargs = dict(num_chunks=5, steps=3, cfg_scale=2.0, temperature=1.0)
+    kwargs = dict(num_chunks=5, steps=3, cfg_scale=2.0, temperature=1.0, **candidates)
     cached = model.generate(text, generator=torch.Generator().manual_seed(7), **kwargs)
     recomputed = model.generate(text, generator=torch.Generator().manual_seed(7), use_cache=False, **kwargs)
     assert torch.equal(cached, recomputed)

@@ -47,6 +47,24 @@ def test_story_prompts_reach_their_chunks(pipe, monkeypatch):
     assert all(torch.equal(text[i], second) for i in (3, 4))
 
 
+def test_sampling_settings_reach_the_generator(pipe, monkeypatch):
+    seen = {}
+
+    def spy(text, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros((1, kwargs["num_chunks"], 8, 8), dtype=torch.long)
+
+    monkeypatch.setattr(pipe.generator, "generate", spy)
+    pipe("a red circle moves right", num_frames=9, seed=0)
+    assert {name: seen[name] for name in ("first_chunk_candidates", "later_chunk_candidates", "min_code_count")} \
+        == {name: getattr(pipe.defaults, name) for name in ("first_chunk_candidates", "later_chunk_candidates",
+                                                            "min_code_count")}
+    pipe("a red circle moves right", num_frames=9, seed=0, first_chunk_candidates=5, later_chunk_candidates=3,
+         min_code_count=0, steps=2)
+    assert (seen["first_chunk_candidates"], seen["later_chunk_candidates"], seen["min_code_count"], seen["steps"]) \
+        == (5, 3, 0, 2)
+
+
 def test_prime_frames_continue_a_video(pipe):
     prime = pipe("a blue square stays still", num_frames=5, seed=3).frames
     out = pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime)
@@ -68,6 +86,8 @@ def test_prime_frames_continue_a_video(pipe):
     lambda p: p("a red circle moves right", num_frames=9, order="sideways"),
     lambda p: p("a red circle moves right", num_frames=9, first_chunk_candidates=0),
     lambda p: p("a red circle moves right", num_frames=9, first_chunk_candidates=1.5),
+    lambda p: p("a red circle moves right", num_frames=9, later_chunk_candidates=0),
+    lambda p: p("a red circle moves right", num_frames=9, later_chunk_candidates=2, cfg_scale=1),
     lambda p: p("a red circle moves right", num_frames=9, min_code_count=-1),
 ])
 def test_bad_input_raises_value_error(pipe, call):
@@ -133,6 +153,7 @@ def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path
     ["--story-file", "MISSING"],
     ["--prompt", "a red circle moves right", "--model", "no-such-model"],
     ["--prompt", "a red circle moves right", "--min-code-count", "-1"],
+    ["--prompt", "a red circle moves right", "--later-chunk-candidates", "3", "--cfg-scale", "1"],
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_pipeline_dir, tmp_path, args):
     (tmp_path / "bad.json").write_text("[{\"prompt\": 1")

@@ -57,6 +57,9 @@ def generate_parser() -> argparse.ArgumentParser:
     gen.add_argument("--order", choices=("confidence", "random"), default=None)
     gen.add_argument("--first-chunk-candidates", type=int, default=None,
                      help="sample the first chunk this many times and keep the most prompt-specific (default: the model's)")
+    gen.add_argument("--later-chunk-candidates", type=int, default=None,
+                     help="sample every later chunk this many times and keep the one the prompt explains best "
+                          "(default: the model's)")
     gen.add_argument("--min-code-count", type=int, default=None,
                      help="draw only codes seen this often in the generator's training data (0: any; default: the model's)")
     gen.add_argument("--negative-prompt", default=None)
@@ -82,6 +85,7 @@ def generate_main(argv=None) -> None:
     options = {k: v for k, v in dict(steps=args.steps, cfg_scale=args.cfg_scale, temperature=args.temperature,
                                       top_k=args.top_k, order=args.order,
                                       first_chunk_candidates=args.first_chunk_candidates,
+                                      later_chunk_candidates=args.later_chunk_candidates,
                                       min_code_count=args.min_code_count).items() if v is not None}
     from .pipeline import TokVidPipeline
 

@@ -20,6 +20,7 @@ over p*p times fewer video positions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ MODEL_TYPE = "tokvid_generator"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SAMPLING_ORDERS = ("confidence", "random")
+# later_chunk_candidates keeps the candidate with the highest log p(chunk | prompt, past) - this weight *
+# log p(chunk | unconditional text, past). Weight 1 (the prompt's gain alone) picked chunks with a smeared or
+# missing object, unlikely in both streams (the bundle's 36 stories: clean frames 0.97 -> 0.91, all right
+# 0.94 -> 0.87); 0.5 keeps them clean (README design notes, "Best of K later chunks").
+LATER_CANDIDATE_UNCOND_WEIGHT = 0.5
 # Config fields added after generators were first saved, with the value that behaves as before: a config.json
 # written without one loads with that value. A new field must be added here, or older generators stop loading.
 LATER_FIELDS = {"digit_mixture": 1, "token_patch": 1}
@@ -353,6 +359,16 @@ class KVCache:
     def past(self, layer: int):
         return self.layers[layer]
 
+    def repeat_streams(self, num_streams: int, count: int) -> "KVCache":
+        """A copy whose every stream's rows are repeated `count` times (see `repeat_streams`), so that
+        `count` candidates of the next chunk can be sampled as one batch against the same past."""
+        wide = KVCache(len(self.layers), self.keep_chunks)
+        wide.tokens_per_chunk = self.tokens_per_chunk
+        wide.layers = [None if kv is None else tuple(repeat_streams(t, num_streams, count) for t in kv)
+                       for kv in self.layers]
+        wide.key_valid = None if self.key_valid is None else repeat_streams(self.key_valid, num_streams, count)
+        return wide
+
     def append(self, own_kvs: list[tuple[torch.Tensor, torch.Tensor]], key_valid: torch.Tensor) -> None:
         """Add one chunk's keys/values and drop chunks that fell out of the sliding window."""
         if self.keep_chunks == 0:
@@ -367,6 +383,12 @@ class KVCache:
         if self.key_valid is not None:
             key_valid = torch.cat([self.key_valid, key_valid], dim=1)
         self.key_valid = key_valid[:, -keep:]
+
+
+def repeat_streams(rows: torch.Tensor, num_streams: int, count: int) -> torch.Tensor:
+    """(S*B, ...) rows laid out stream by stream -> (S*count*B, ...): each stream's B rows repeated count
+    times, so stream s, candidate c, batch row b sits at row (s*count + c)*B + b."""
+    return torch.cat([part.repeat(count, *[1] * (rows.dim() - 1)) for part in rows.chunk(num_streams)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,7 +648,8 @@ class Generator(nn.Module):
                  prime_codes: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  order: str = "confidence", window_chunks: int | None = None, choice_temperature: float = 4.5,
                  progress: Callable[[int, int], None] | None = None, use_cache: bool = True,
-                 first_chunk_candidates: int = 1, min_code_count: int = 1) -> torch.LongTensor:
+                 first_chunk_candidates: int = 1, later_chunk_candidates: int = 1,
+                 min_code_count: int = 1) -> torch.LongTensor:
         """Sample codes (B, num_chunks, h, w), one chunk at a time with MaskGIT, past chunks from a KV cache.
 
         text: (B, n, L) per-chunk prompt ids (or (B, L) for one prompt throughout). prime_codes (B,p,h,w)
@@ -636,12 +659,18 @@ class Generator(nn.Module):
         (0 = greedy). order: which sampled tokens to keep each step, "confidence" (MaskGIT, with
         choice_temperature-scaled annealed Gumbel noise) or "random". progress(done, total) is called
         after each chunk. use_cache=False re-runs every past chunk at every step (as Phenaki does): same
-        samples, quadratic time; it exists to measure what the cache saves. first_chunk_candidates=K > 1
+        samples, quadratic time; it exists to measure what the cache saves.
+
+        Candidates (sampled as one batch, so K of them cost less than K times one): first_chunk_candidates=K
         samples the video's first chunk (drawn from the prompt alone, so the likeliest to come out malformed;
         a primed video has none) K times and keeps the candidate whose `first_chunk_log_likelihood` gains
         most from the prompt over the empty prompt (pointwise mutual information: the likelihood alone
         prefers the data's commonest starts, such as an object already at the wall it is asked to move
-        toward); later chunks build on it as usual. K=1 samples exactly as without it.
+        toward). later_chunk_candidates=K samples every later chunk K times and keeps the one with the
+        highest log-likelihood given the prompt and the past, minus LATER_CANDIDATE_UNCOND_WEIGHT times
+        that given the uncond stream's text and the same past (both scored like the first chunk's), which
+        holds a story's object to its prompt as the video grows; it needs both guidance streams (cfg_scale
+        not 0 or 1). K=1 samples exactly as without them.
         min_code_count: draw only codes that occur at least this often in the training data (`code_counts`,
         recorded by training); 0, or a generator without counts, draws from every code.
         """
@@ -654,7 +683,7 @@ class Generator(nn.Module):
             negative_text, _ = self._check_generate_text(negative_text, num_chunks, "negative_text", batch)
             negative_text = negative_text.to(device).long()
         _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, first_chunk_candidates,
-                            min_code_count)
+                            later_chunk_candidates, min_code_count)
         excluded = self._excluded_codes(min_code_count)
         window_chunks = self._check_window(window_chunks)
         num_prime = 0
@@ -672,18 +701,21 @@ class Generator(nn.Module):
         stream_text = torch.cat(streams, dim=0)
         num_streams = len(streams)
         cache = KVCache(config.depth, window_chunks - 1) if use_cache else None
+        sample = functools.partial(self._sample_chunk, steps=steps, cfg_scale=cfg_scale, temperature=temperature,
+                                   top_k=top_k, order=order, choice_temperature=choice_temperature,
+                                   generator=generator, window_chunks=window_chunks, excluded=excluded)
 
         chunks = []
         for chunk in range(num_chunks):
+            history = None if use_cache or not chunks else torch.stack(chunks, dim=1)
+            count = first_chunk_candidates if chunk == 0 else later_chunk_candidates
             if chunk < num_prime:
                 decided = prime_codes[:, chunk].flatten(1)
+            elif count == 1:
+                decided = sample(chunk, stream_text, cache, num_streams, batch, history)
             else:
-                history = None if use_cache or not chunks else torch.stack(chunks, dim=1)
-                candidates = [self._sample_chunk(chunk, stream_text, cache, num_streams, batch, steps, cfg_scale,
-                                                 temperature, top_k, order, choice_temperature, generator,
-                                                 history, window_chunks, excluded)
-                              for _ in range(first_chunk_candidates if chunk == 0 else 1)]
-                decided = candidates[0] if len(candidates) == 1 else self._most_prompt_specific(candidates, text[:, 0])
+                decided = self._best_candidate(sample, count, chunk, text, stream_text, cache, num_streams, batch,
+                                               history, window_chunks)
             chunks.append(decided)
             if use_cache and chunk + 1 < num_chunks and window_chunks > 1:
                 # One pass over the decided tokens gives the keys/values later chunks will attend to.
@@ -698,27 +730,47 @@ class Generator(nn.Module):
         """Mean log-probability (B,) of a video's first chunk, tokens (B, h*w), under text (B, L): every token
         predicted with the other half of the chunk visible (a checkerboard and its complement), the way
         MaskGIT training asks for masked tokens. No randomness, so reranking by it keeps seeds reproducible."""
+        empty = KVCache(self.config.depth, 0)
+        total = self._chunk_log_likelihood(tokens, 1, lambda inputs: self._chunk_hidden(inputs, text, 0, empty)[0])
+        return total / tokens.shape[1]
+
+    def _chunk_log_likelihood(self, tokens: torch.Tensor, num_streams: int,
+                              hidden_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Summed log-probability (S*B,) of chunk tokens (B, N) in each of S streams, every token predicted with
+        the other half of a checkerboard visible; hidden_of maps masked tokens (S*B, N) to hidden states."""
         config = self.config
         rows = torch.arange(config.chunk_height, device=tokens.device)[:, None]
         cols = torch.arange(config.chunk_width, device=tokens.device)[None, :]
         black = ((rows + cols) % 2 == 0).flatten()
-        total = torch.zeros(tokens.shape[0], device=tokens.device)
+        targets = tokens.repeat(num_streams, 1)
+        total = torch.zeros(targets.shape[0], device=tokens.device)
         for hidden_half in (black, ~black):
-            inputs = tokens.masked_fill(hidden_half, config.mask_id)
-            hidden, _, _ = self._chunk_hidden(inputs, text, 0, KVCache(config.depth, 0))
-            log_probs = self._logits(hidden).log_softmax(dim=-1).gather(-1, tokens[..., None])[..., 0]
+            log_probs = self._logits(hidden_of(targets.masked_fill(hidden_half, config.mask_id)))
+            log_probs = log_probs.log_softmax(dim=-1).gather(-1, targets[..., None])[..., 0]
             total = total + (log_probs * hidden_half).sum(dim=-1)
-        return total / tokens.shape[1]
+        return total
 
-    def _most_prompt_specific(self, candidates: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-        """Per batch row, the candidate chunk (B, h*w) whose first_chunk_log_likelihood under the prompt
-        (B, L) exceeds that under the empty prompt the most."""
-        stacked = torch.stack(candidates)  # (K, B, h*w), scored in one batch of 2*K*B
-        flat = stacked.flatten(0, 1)
-        prompts = torch.cat([text.repeat(len(candidates), 1), self.null_text(flat.shape[0], 1, flat.device)[:, 0]])
-        with_prompt, without = self.first_chunk_log_likelihood(flat.repeat(2, 1), prompts).chunk(2)
-        best = (with_prompt - without).view(len(candidates), -1).argmax(dim=0)
-        return stacked[best, torch.arange(best.shape[0], device=best.device)]
+    def _best_candidate(self, sample, count: int, chunk_index: int, text, stream_text, cache, num_streams: int,
+                        batch: int, history, window_chunks: int) -> torch.Tensor:
+        """Sample `count` candidates of one chunk as one batch (every stream's rows repeated, see
+        `repeat_streams`) and keep, per batch row (B, h*w), the one generate's docstring says."""
+        wide_text = repeat_streams(stream_text, num_streams, count)
+        wide_cache = None if cache is None else cache.repeat_streams(num_streams, count)
+        wide_history = None if history is None else history.repeat(count, 1, 1)
+        candidates = sample(chunk_index, wide_text, wide_cache, num_streams, count * batch, wide_history)
+        if chunk_index == 0:
+            prompt = text[:, 0].repeat(count, 1)
+            prompts = torch.cat([prompt, self.null_text(prompt.shape[0], 1, prompt.device)[:, 0]])
+            with_prompt, without = self.first_chunk_log_likelihood(candidates.repeat(2, 1), prompts).chunk(2)
+            scores = with_prompt - without
+        else:
+            def hidden_of(inputs):
+                return self._current_chunk_hidden(inputs, chunk_index, wide_text, wide_cache, wide_history,
+                                                  window_chunks)
+            cond, uncond = self._chunk_log_likelihood(candidates, num_streams, hidden_of).chunk(2)
+            scores = cond - LATER_CANDIDATE_UNCOND_WEIGHT * uncond
+        best = scores.view(count, batch).argmax(dim=0)
+        return candidates.view(count, batch, -1)[best, torch.arange(batch, device=best.device)]
 
     def _excluded_codes(self, min_code_count: int) -> torch.Tensor | None:
         """The codes (bool (codebook_size,)) sampling must not draw, or None for none."""
@@ -730,8 +782,18 @@ class Generator(nn.Module):
                              f"{int(self.code_counts.max())} times in the training data); lower it")
         return excluded
 
-    def _sample_chunk(self, chunk_index, stream_text, cache, num_streams, batch, steps, cfg_scale, temperature,
-                      top_k, order, choice_temperature, generator, history=None, window_chunks=None,
+    def _current_chunk_hidden(self, current: torch.Tensor, chunk_index: int, stream_text: torch.Tensor,
+                              cache: KVCache | None, history: torch.Tensor | None, window_chunks: int) -> torch.Tensor:
+        """Hidden states (S*B, N, D) of the chunk being sampled, current (S*B, N) with mask ids, after its past:
+        from the cache, or (cache None) by recomputing the decided `history` (B, chunk_index, N)."""
+        if cache is not None:
+            return self._chunk_hidden(current, stream_text[:, chunk_index], chunk_index, cache)[0]
+        sequence = current[:, None] if history is None else torch.cat(
+            [history.repeat(current.shape[0] // history.shape[0], 1, 1), current[:, None]], dim=1)
+        return self._video_hidden(sequence, stream_text[:, :chunk_index + 1], window_chunks)[:, -1]
+
+    def _sample_chunk(self, chunk_index, stream_text, cache, num_streams, batch, history=None, *, steps, cfg_scale,
+                      temperature, top_k, order, choice_temperature, generator, window_chunks,
                       excluded=None) -> torch.Tensor:
         """MaskGIT over one chunk: start fully masked, commit a cosine-scheduled share of tokens each step.
 
@@ -740,13 +802,8 @@ class Generator(nn.Module):
         num_tokens = self.config.chunk_tokens
         tokens = torch.full((batch, num_tokens), self.config.mask_id, dtype=torch.long, device=stream_text.device)
         for step in range(steps):
-            current = tokens.repeat(num_streams, 1)
-            if cache is not None:
-                hidden, _, _ = self._chunk_hidden(current, stream_text[:, chunk_index], chunk_index, cache)
-            else:
-                sequence = current[:, None] if history is None else torch.cat(
-                    [history.repeat(num_streams, 1, 1), current[:, None]], dim=1)
-                hidden = self._video_hidden(sequence, stream_text[:, :chunk_index + 1], window_chunks)[:, -1]
+            hidden = self._current_chunk_hidden(tokens.repeat(num_streams, 1), chunk_index, stream_text, cache,
+                                                history, window_chunks)
             logits = self._logits(hidden)
             if num_streams == 2:
                 cond, uncond = logits.chunk(2, dim=0)
@@ -877,13 +934,18 @@ def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
 
 
 def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature,
-                        first_chunk_candidates, min_code_count) -> None:
+                        first_chunk_candidates, later_chunk_candidates, min_code_count) -> None:
     for name, value, lowest in (("steps", steps, 1), ("first_chunk_candidates", first_chunk_candidates, 1),
+                                ("later_chunk_candidates", later_chunk_candidates, 1),
                                 ("min_code_count", min_code_count, 0)):  # min_code_count 0: every code
         if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
             raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
     if not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
         raise ValueError(f"cfg_scale must be >= 0 (0 = unconditional, 1 = conditional only), got {cfg_scale!r}")
+    if later_chunk_candidates > 1 and cfg_scale in (0, 1):
+        raise ValueError(f"later_chunk_candidates={later_chunk_candidates} scores candidates with both guidance "
+                         f"streams, but cfg_scale={cfg_scale!r} runs one; use a cfg_scale other than 0 and 1 or "
+                         "later_chunk_candidates=1")
     if not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):

@@ -34,6 +34,8 @@ class SamplingSettings:
     order: str = "confidence"  # which tokens are kept at each step: "confidence" or "random"
     window_chunks: int | None = None  # chunks of attention context (None: the generator's trained window)
     first_chunk_candidates: int = 1  # sample the first chunk this many times, keep the most prompt-specific one
+    later_chunk_candidates: int = 1  # sample every later chunk this many times, keep the one the prompt explains
+                                     # best given the past (needs cfg_scale other than 0 and 1)
     min_code_count: int = 1  # draw only codes seen at least this often in the generator's training data (0: any)
 
     def __post_init__(self):
@@ -49,6 +51,7 @@ class SamplingSettings:
         if self.window_chunks is not None and self.window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1 or None, got {self.window_chunks}")
         self.first_chunk_candidates = _check_whole_number("first_chunk_candidates", self.first_chunk_candidates, 1)
+        self.later_chunk_candidates = _check_whole_number("later_chunk_candidates", self.later_chunk_candidates, 1)
         self.min_code_count = _check_whole_number("min_code_count", self.min_code_count, 0)
 
 
@@ -142,6 +145,7 @@ class TokVidPipeline:
                                         prime_codes=prime_codes, generator=generator, order=settings.order,
                                         window_chunks=settings.window_chunks, progress=progress,
                                         first_chunk_candidates=settings.first_chunk_candidates,
+                                        later_chunk_candidates=settings.later_chunk_candidates,
                                         min_code_count=settings.min_code_count)
         video = self.video_tokenizer.decode(codes, chunk_latents=DECODE_CHUNK_LATENTS)
         frames = tensor_to_frames(video[0])

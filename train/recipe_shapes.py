@@ -19,9 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
 # the bundle's sampling defaults, set on --install: the best row of `bench/eval_shapes.py --sweep`, the
-# most prompt-specific of 8 first chunks and only codes the training shards hold (README design notes)
+# most prompt-specific of 8 first chunks, the best of 4 of every later chunk and only codes the training
+# shards hold (README design notes)
 SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 3.0, "temperature": 0.5, "first_chunk_candidates": 8,
-                     "min_code_count": 1}
+                     "later_chunk_candidates": 4, "min_code_count": 1}
 LATER_STAGES = "2000:5e-4,1000:3e-4,2000:3e-4"  # generator stages after the first, STEPS:LR each
 
 
