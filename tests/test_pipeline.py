@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokvid.pipeline import TokVidPipeline
+from tokvid.pipeline import SamplingSettings, TokVidPipeline
 from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
 
@@ -63,6 +63,27 @@ def test_sampling_settings_reach_the_generator(pipe, monkeypatch):
          min_code_count=0, steps=2)
     assert (seen["first_chunk_candidates"], seen["later_chunk_candidates"], seen["min_code_count"], seen["steps"]) \
         == (5, 3, 0, 2)
+
+
+def test_a_single_guidance_stream_samples_later_chunks_once_unless_asked_otherwise(pipe, monkeypatch):
+    chosen = TokVidPipeline(pipe.generator, pipe.text_tokenizer, pipe.video_tokenizer,
+                            defaults=SamplingSettings(cfg_scale=3.0, later_chunk_candidates=3))
+    seen = {}
+
+    def spy(text, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros((1, kwargs["num_chunks"], 8, 8), dtype=torch.long)
+
+    monkeypatch.setattr(pipe.generator, "generate", spy)
+    chosen("a red circle moves right", num_frames=9)
+    assert seen["later_chunk_candidates"] == 3
+    for scale in (0, 1):  # the default's candidates need both streams, so they give way
+        chosen("a red circle moves right", num_frames=9, cfg_scale=scale)
+        assert (seen["cfg_scale"], seen["later_chunk_candidates"]) == (scale, 1)
+    with pytest.raises(ValueError, match="both guidance streams"):  # asked for explicitly, they do not
+        chosen("a red circle moves right", num_frames=9, cfg_scale=1, later_chunk_candidates=2)
+    with pytest.raises(ValueError, match="both guidance streams"):
+        SamplingSettings(cfg_scale=1, later_chunk_candidates=2)
 
 
 def test_prime_frames_continue_a_video(pipe):

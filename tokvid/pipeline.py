@@ -52,6 +52,10 @@ class SamplingSettings:
             raise ValueError(f"window_chunks must be >= 1 or None, got {self.window_chunks}")
         self.first_chunk_candidates = _check_whole_number("first_chunk_candidates", self.first_chunk_candidates, 1)
         self.later_chunk_candidates = _check_whole_number("later_chunk_candidates", self.later_chunk_candidates, 1)
+        if self.later_chunk_candidates > 1 and self.cfg_scale in (0, 1):
+            raise ValueError(f"later_chunk_candidates={self.later_chunk_candidates} needs both guidance streams, but "
+                             f"cfg_scale={self.cfg_scale} runs one; use a cfg_scale other than 0 and 1 or "
+                             "later_chunk_candidates=1")
         self.min_code_count = _check_whole_number("min_code_count", self.min_code_count, 0)
 
 
@@ -124,7 +128,10 @@ class TokVidPipeline:
                   prime_frames: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
                   **overrides) -> VideoOutput:
         """segments: an already validated story (the public entry points validate it)."""
-        settings = SamplingSettings(**{**asdict(self.defaults), **overrides})
+        merged = {**asdict(self.defaults), **overrides}
+        if merged["cfg_scale"] in (0, 1) and "later_chunk_candidates" not in overrides:
+            merged["later_chunk_candidates"] = 1  # the default's later candidates need both guidance streams
+        settings = SamplingSettings(**merged)
         tc = self.video_tokenizer.temporal_compression
         device = next(self.generator.parameters()).device
         prime_codes = self._encode_prime(prime_frames, device) if prime_frames is not None else None
