@@ -30,14 +30,20 @@ def test_story_has_sum_plus_leading_frame_and_is_deterministic(pipe):
     assert not np.array_equal(a.codes, pipe.story(story, seed=1).codes)
 
 
-def test_story_prompts_reach_their_chunks(pipe, monkeypatch):
+def spy_on_generate(pipe, monkeypatch) -> dict:
+    """Swap the pipeline's generator.generate for one that records its last arguments and returns blank codes."""
     seen = {}
 
     def spy(text, **kwargs):
-        seen["text"] = text
+        seen.update(kwargs, text=text)
         return torch.zeros((1, kwargs["num_chunks"], 8, 8), dtype=torch.long)
 
     monkeypatch.setattr(pipe.generator, "generate", spy)
+    return seen
+
+
+def test_story_prompts_reach_their_chunks(pipe, monkeypatch):
+    seen = spy_on_generate(pipe, monkeypatch)
     pipe.story([("a red circle moves right", 8), ("a red circle moves down", 8)], seed=0)
     first, second = pipe.text_tokenizer.batch(["a red circle moves right", "a red circle moves down"],
                                               pipe.generator.config.text_length)
@@ -48,13 +54,7 @@ def test_story_prompts_reach_their_chunks(pipe, monkeypatch):
 
 
 def test_sampling_settings_reach_the_generator(pipe, monkeypatch):
-    seen = {}
-
-    def spy(text, **kwargs):
-        seen.update(kwargs)
-        return torch.zeros((1, kwargs["num_chunks"], 8, 8), dtype=torch.long)
-
-    monkeypatch.setattr(pipe.generator, "generate", spy)
+    seen = spy_on_generate(pipe, monkeypatch)
     pipe("a red circle moves right", num_frames=9, seed=0)
     assert {name: seen[name] for name in ("first_chunk_candidates", "later_chunk_candidates", "min_code_count")} \
         == {name: getattr(pipe.defaults, name) for name in ("first_chunk_candidates", "later_chunk_candidates",
@@ -68,13 +68,7 @@ def test_sampling_settings_reach_the_generator(pipe, monkeypatch):
 def test_a_single_guidance_stream_samples_later_chunks_once_unless_asked_otherwise(pipe, monkeypatch):
     chosen = TokVidPipeline(pipe.generator, pipe.text_tokenizer, pipe.video_tokenizer,
                             defaults=SamplingSettings(cfg_scale=3.0, later_chunk_candidates=3))
-    seen = {}
-
-    def spy(text, **kwargs):
-        seen.update(kwargs)
-        return torch.zeros((1, kwargs["num_chunks"], 8, 8), dtype=torch.long)
-
-    monkeypatch.setattr(pipe.generator, "generate", spy)
+    seen = spy_on_generate(pipe, monkeypatch)  # the same generator object as chosen's
     chosen("a red circle moves right", num_frames=9)
     assert seen["later_chunk_candidates"] == 3
     for scale in (0, 1):  # the default's candidates need both streams, so they give way
