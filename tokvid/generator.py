@@ -933,6 +933,14 @@ def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     return -torch.log((-torch.log(uniform)).clamp_(min=1e-20))
 
 
+def check_later_chunk_candidates(later_chunk_candidates: int, cfg_scale: float) -> None:
+    """Later chunk candidates are scored with both guidance streams, which cfg_scale 0 or 1 does not run."""
+    if later_chunk_candidates > 1 and cfg_scale in (0, 1):
+        raise ValueError(f"later_chunk_candidates={later_chunk_candidates} scores candidates with both guidance "
+                         f"streams, but cfg_scale={cfg_scale!r} runs one; use a cfg_scale other than 0 and 1 or "
+                         "later_chunk_candidates=1")
+
+
 def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature,
                         first_chunk_candidates, later_chunk_candidates, min_code_count) -> None:
     for name, value, lowest in (("steps", steps, 1), ("first_chunk_candidates", first_chunk_candidates, 1),
@@ -942,10 +950,7 @@ def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temp
             raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
     if not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
         raise ValueError(f"cfg_scale must be >= 0 (0 = unconditional, 1 = conditional only), got {cfg_scale!r}")
-    if later_chunk_candidates > 1 and cfg_scale in (0, 1):
-        raise ValueError(f"later_chunk_candidates={later_chunk_candidates} scores candidates with both guidance "
-                         f"streams, but cfg_scale={cfg_scale!r} runs one; use a cfg_scale other than 0 and 1 or "
-                         "later_chunk_candidates=1")
+    check_later_chunk_candidates(later_chunk_candidates, cfg_scale)
     if not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .generator import Generator
+from .generator import Generator, check_later_chunk_candidates
 from .story import chunk_segments, num_chunks_for_frames, validate_segments
 from .text_tokenizer import TextTokenizer
 from .video_io import frames_to_tensor, tensor_to_frames
@@ -52,10 +52,7 @@ class SamplingSettings:
             raise ValueError(f"window_chunks must be >= 1 or None, got {self.window_chunks}")
         self.first_chunk_candidates = _check_whole_number("first_chunk_candidates", self.first_chunk_candidates, 1)
         self.later_chunk_candidates = _check_whole_number("later_chunk_candidates", self.later_chunk_candidates, 1)
-        if self.later_chunk_candidates > 1 and self.cfg_scale in (0, 1):
-            raise ValueError(f"later_chunk_candidates={self.later_chunk_candidates} needs both guidance streams, but "
-                             f"cfg_scale={self.cfg_scale} runs one; use a cfg_scale other than 0 and 1 or "
-                             "later_chunk_candidates=1")
+        check_later_chunk_candidates(self.later_chunk_candidates, self.cfg_scale)
         self.min_code_count = _check_whole_number("min_code_count", self.min_code_count, 0)
 
 
