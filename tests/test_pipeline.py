@@ -80,6 +80,21 @@ def test_a_single_guidance_stream_samples_later_chunks_once_unless_asked_otherwi
         SamplingSettings(cfg_scale=1, later_chunk_candidates=2)
 
 
+def test_whole_numbers_saved_as_floats_load_as_ints(pipe, tmp_path, monkeypatch):
+    pipe.save_pretrained(tmp_path / "floats")
+    settings = json.loads((tmp_path / "floats" / "pipeline.json").read_text())
+    settings["defaults"].update(steps=2.0, top_k=50.0, first_chunk_candidates=2.0, min_code_count=0.0)
+    (tmp_path / "floats" / "pipeline.json").write_text(json.dumps(settings))
+    loaded = TokVidPipeline.from_pretrained(tmp_path / "floats")
+    seen = spy_on_generate(loaded, monkeypatch)
+    loaded("a red circle moves right", num_frames=9)
+    assert [(seen[name], type(seen[name])) for name in ("steps", "top_k", "first_chunk_candidates", "min_code_count")] \
+        == [(2, int), (50, int), (2, int), (0, int)]
+    for name, value in (("steps", 2.5), ("top_k", 0.5), ("window_chunks", 1.5), ("min_code_count", -1.0)):
+        with pytest.raises(ValueError, match=name):
+            SamplingSettings(**{name: value})
+
+
 def test_prime_frames_continue_a_video(pipe):
     prime = pipe("a blue square stays still", num_frames=5, seed=3).frames
     out = pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime)

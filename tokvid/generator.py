@@ -39,6 +39,7 @@ MODEL_TYPE = "tokvid_generator"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SAMPLING_ORDERS = ("confidence", "random")
+CHOICE_TEMPERATURE = 4.5  # scale of the annealed Gumbel noise on MaskGIT's keep-or-remask confidences
 # later_chunk_candidates keeps the candidate with the highest log p(chunk | prompt, past) - this weight *
 # log p(chunk | unconditional text, past). Weight 1 (the prompt's gain alone) picked chunks with a smeared or
 # missing object, unlikely in both streams (the bundle's 36 stories: clean frames 0.97 -> 0.91, all right
@@ -646,7 +647,7 @@ class Generator(nn.Module):
     def generate(self, text: torch.Tensor, num_chunks: int | None = None, steps: int = 8, cfg_scale: float = 3.0,
                  temperature: float = 1.0, top_k: int | None = None, negative_text: torch.Tensor | None = None,
                  prime_codes: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 order: str = "confidence", window_chunks: int | None = None, choice_temperature: float = 4.5,
+                 order: str = "confidence", window_chunks: int | None = None, choice_temperature: float = CHOICE_TEMPERATURE,
                  progress: Callable[[int, int], None] | None = None, use_cache: bool = True,
                  first_chunk_candidates: int = 1, later_chunk_candidates: int = 1,
                  min_code_count: int = 1) -> torch.LongTensor:
@@ -682,8 +683,8 @@ class Generator(nn.Module):
         if negative_text is not None:
             negative_text, _ = self._check_generate_text(negative_text, num_chunks, "negative_text", batch)
             negative_text = negative_text.to(device).long()
-        _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature, first_chunk_candidates,
-                            later_chunk_candidates, min_code_count)
+        check_sampler_args(steps, cfg_scale, temperature, top_k, order, first_chunk_candidates, later_chunk_candidates,
+                           min_code_count, choice_temperature)
         excluded = self._excluded_codes(min_code_count)
         window_chunks = self._check_window(window_chunks)
         num_prime = 0
@@ -933,16 +934,10 @@ def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     return -torch.log((-torch.log(uniform)).clamp_(min=1e-20))
 
 
-def check_later_chunk_candidates(later_chunk_candidates: int, cfg_scale: float) -> None:
-    """Later chunk candidates are scored with both guidance streams, which cfg_scale 0 or 1 does not run."""
-    if later_chunk_candidates > 1 and cfg_scale in (0, 1):
-        raise ValueError(f"later_chunk_candidates={later_chunk_candidates} scores candidates with both guidance "
-                         f"streams, but cfg_scale={cfg_scale!r} runs one; use a cfg_scale other than 0 and 1 or "
-                         "later_chunk_candidates=1")
-
-
-def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temperature,
-                        first_chunk_candidates, later_chunk_candidates, min_code_count) -> None:
+def check_sampler_args(steps: int, cfg_scale: float, temperature: float, top_k: int | None, order: str,
+                       first_chunk_candidates: int, later_chunk_candidates: int, min_code_count: int,
+                       choice_temperature: float = CHOICE_TEMPERATURE) -> None:
+    """The sampling options' rules, one place for `generate` and the pipeline's saved defaults."""
     for name, value, lowest in (("steps", steps, 1), ("first_chunk_candidates", first_chunk_candidates, 1),
                                 ("later_chunk_candidates", later_chunk_candidates, 1),
                                 ("min_code_count", min_code_count, 0)):  # min_code_count 0: every code
@@ -950,7 +945,10 @@ def _check_sampler_args(steps, cfg_scale, temperature, top_k, order, choice_temp
             raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
     if not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
         raise ValueError(f"cfg_scale must be >= 0 (0 = unconditional, 1 = conditional only), got {cfg_scale!r}")
-    check_later_chunk_candidates(later_chunk_candidates, cfg_scale)
+    if later_chunk_candidates > 1 and cfg_scale in (0, 1):  # candidates are scored with both guidance streams
+        raise ValueError(f"later_chunk_candidates={later_chunk_candidates} scores candidates with both guidance "
+                         f"streams, but cfg_scale={cfg_scale!r} runs one; use a cfg_scale other than 0 and 1 or "
+                         "later_chunk_candidates=1")
     if not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k):

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .generator import Generator, check_later_chunk_candidates
+from .generator import Generator, check_sampler_args
 from .story import chunk_segments, num_chunks_for_frames, validate_segments
 from .text_tokenizer import TextTokenizer
 from .video_io import frames_to_tensor, tensor_to_frames
@@ -39,28 +39,19 @@ class SamplingSettings:
     min_code_count: int = 1  # draw only codes seen at least this often in the generator's training data (0: any)
 
     def __post_init__(self):
-        _check_whole_number("steps", self.steps, 1)
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.order not in ("confidence", "random"):
-            raise ValueError(f"order must be 'confidence' or 'random', got {self.order!r}")
-        if self.window_chunks is not None and self.window_chunks < 1:
-            raise ValueError(f"window_chunks must be >= 1 or None, got {self.window_chunks}")
-        self.first_chunk_candidates = _check_whole_number("first_chunk_candidates", self.first_chunk_candidates, 1)
-        self.later_chunk_candidates = _check_whole_number("later_chunk_candidates", self.later_chunk_candidates, 1)
-        check_later_chunk_candidates(self.later_chunk_candidates, self.cfg_scale)
-        self.min_code_count = _check_whole_number("min_code_count", self.min_code_count, 0)
+        # pipeline.json may hold a whole number as a float (8.0); the sampler takes ints
+        for name in ("steps", "top_k", "window_chunks", "first_chunk_candidates", "later_chunk_candidates",
+                     "min_code_count"):
+            setattr(self, name, _whole_float_as_int(getattr(self, name)))
+        check_sampler_args(self.steps, self.cfg_scale, self.temperature, self.top_k, self.order,
+                           self.first_chunk_candidates, self.later_chunk_candidates, self.min_code_count)
+        if self.window_chunks is not None and (not isinstance(self.window_chunks, int) or self.window_chunks < 1):
+            raise ValueError(f"window_chunks must be None or an int >= 1, got {self.window_chunks!r}")
 
 
-def _check_whole_number(name: str, value, lowest: int) -> int:
-    """value as an int, or a ValueError if it is not a whole number >= lowest (JSON may give 8.0)."""
-    if int(value) != value or value < lowest:
-        raise ValueError(f"{name} must be a whole number >= {lowest}, got {value}")
-    return int(value)
+def _whole_float_as_int(value):
+    """8.0 -> 8; anything else unchanged, for the checks to accept or refuse."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 @dataclass
