@@ -708,15 +708,16 @@ class Generator(nn.Module):
 
         chunks = []
         for chunk in range(num_chunks):
-            history = None if use_cache or not chunks else torch.stack(chunks, dim=1)
-            count = first_chunk_candidates if chunk == 0 else later_chunk_candidates
             if chunk < num_prime:
                 decided = prime_codes[:, chunk].flatten(1)
-            elif count == 1:
-                decided = sample(chunk, stream_text, cache, num_streams, batch, history)
             else:
-                decided = self._best_candidate(sample, count, chunk, text, stream_text, cache, num_streams, batch,
-                                               history, window_chunks)
+                history = None if use_cache or not chunks else torch.stack(chunks, dim=1)
+                count = first_chunk_candidates if chunk == 0 else later_chunk_candidates
+                if count == 1:
+                    decided = sample(chunk, stream_text, cache, num_streams, batch, history)
+                else:
+                    decided = self._best_candidate(sample, count, chunk, text, stream_text, cache, num_streams,
+                                                   batch, history, window_chunks)
             chunks.append(decided)
             if use_cache and chunk + 1 < num_chunks and window_chunks > 1:
                 # One pass over the decided tokens gives the keys/values later chunks will attend to.
