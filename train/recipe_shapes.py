@@ -46,7 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/shapes", help="run directory for all stages")
     parser.add_argument("--num-videos", type=int, default=4000, help="shapes-v1 training items")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--tokenizer-steps", type=int, default=1200)
+    parser.add_argument("--tokenizer-steps", type=int, default=1200,
+                        help="joint tokenizer steps; 6000 draws sharper but the generator stages then fall "
+                             "behind (README design notes)")
     parser.add_argument("--tokenizer-preset", default="small")
     parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
     parser.add_argument("--spatial-compression", type=int, default=None,
