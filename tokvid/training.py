@@ -125,7 +125,34 @@ def setup_distributed() -> tuple[int, int]:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
         deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+        unlink_shm_allreduce_buffer()
     return dist.get_rank(), dist.get_world_size()
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_allreduce_buffer(rank: int) -> Path:
+    """The shared-memory file DeepSpeed's CPU backend creates for `rank` (named in its shm.cpp)."""
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}"
+            f"_{os.environ.get('MASTER_PORT', '')}_{rank}")
+    return SHM_DIR / name
+
+
+def unlink_shm_allreduce_buffer() -> None:
+    """Remove this rank's 64 MiB DeepSpeed all-reduce file from /dev/shm once every rank has mapped it.
+
+    DeepSpeed's CPU backend never unlinks it, so each launch under `deepspeed` would leave
+    64 MiB per rank in RAM-backed /dev/shm until the machine fills up. The barrier guarantees
+    all ranks have finished mapping their peers' files during init; the mappings stay valid
+    after the unlink and the kernel frees the memory when the last process exits, even a
+    killed one.
+    """
+    if not hasattr(os, "getuid"):  # no POSIX shared memory (Windows)
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()  # on every rank, whether or not it has a file, so none can wait alone
+    shm_allreduce_buffer(dist.get_rank()).unlink(missing_ok=True)
 
 
 def free_port() -> int:
