@@ -300,12 +300,12 @@ def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, mo
     value = lambda command, flag: command[command.index(flag) + 1] if flag in command else None  # noqa: E731
     stages = generator_stages()
     run = tmp_path / "run"
-    names = ["generator", "generator_stage2", "generator_stage3", "generator_stage4"]
+    names = ["generator", "generator_stage2", "generator_stage3", "generator_stage4", "generator_stage5"]
     assert [value(c, "--out") for c in stages] == [str(run / name) for name in names]
     assert [value(c, "--init-from") for c in stages] == [None] + [str(run / name / "export") for name in names[:-1]]
-    assert [value(c, "--seed") for c in stages] == ["1", "2", "3", "4"]
-    assert [value(c, "--lr") for c in stages] == ["0.002", "0.0005", "0.0003", "0.0003"]
-    assert [value(c, "--max-steps") for c in stages] == ["3000", "2000", "1000", "2000"]
+    assert [value(c, "--seed") for c in stages] == ["1", "2", "3", "4", "5"]
+    assert [value(c, "--lr") for c in stages] == ["0.002", "0.0005", "0.0003", "0.0003", "0.0003"]
+    assert [value(c, "--max-steps") for c in stages] == ["3000", "2000", "1000", "2000", "2000"]
     assert all(value(c, "--token-patch") == "2" for c in stages)
     commands.clear()
     assert recipe.main(["--out", str(run)]) == 0 and commands == []

@@ -18,12 +18,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
-# the bundle's sampling defaults, set on --install: the best row of `bench/eval_shapes.py --sweep`, the
-# most prompt-specific of 8 first chunks, the best of 4 of every later chunk and only codes the training
-# shards hold (README design notes)
-SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 3.0, "temperature": 0.5, "first_chunk_candidates": 8,
+# the bundle's sampling defaults, set on --install: 8 steps at temperature 0.5 (the best row of
+# `bench/eval_shapes.py --sweep`), CFG 2 (3 and 4 add objects with this run's tokenizer), the most
+# prompt-specific of 8 first chunks, the best of 4 of every later chunk and only codes the training shards
+# hold (README design notes)
+SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 2.0, "temperature": 0.5, "first_chunk_candidates": 8,
                      "later_chunk_candidates": 4, "min_code_count": 1}
-LATER_STAGES = "2000:5e-4,1000:3e-4,2000:3e-4"  # generator stages after the first, STEPS:LR each
+LATER_STAGES = "2000:5e-4,1000:3e-4,2000:3e-4,2000:3e-4"  # generator stages after the first, STEPS:LR each
 
 
 def later_stages(text: str) -> list[tuple[int, float]]:
@@ -46,16 +47,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/shapes", help="run directory for all stages")
     parser.add_argument("--num-videos", type=int, default=4000, help="shapes-v1 training items")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--tokenizer-steps", type=int, default=1200,
-                        help="joint tokenizer steps; 6000 draws sharper but the generator stages then fall "
-                             "behind (README design notes)")
+    parser.add_argument("--tokenizer-steps", type=int, default=6000,
+                        help="joint tokenizer steps (1200 draws wrong shapes; README design notes)")
     parser.add_argument("--tokenizer-preset", default="small")
     parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
     parser.add_argument("--spatial-compression", type=int, default=None,
                         help="pixels per token side of the shapes tokenizer (default: the preset's 8)")
     parser.add_argument("--local-codes", action=argparse.BooleanOptionalAction, default=False,
                         help="shapes tokenizer whose codes each see only their own 8x8 patch (no halo)")
-    parser.add_argument("--decoder-steps", type=int, default=6000,
+    parser.add_argument("--decoder-steps", type=int, default=3000,
                         help="then the tokenizer's decoder alone (same codes, sharper shapes; 0: none)")
     parser.add_argument("--decoder-code-noise", type=float, default=0.2,
                         help="share of tokens the decoder sees one FSQ digit step off, as a generator's near misses")
