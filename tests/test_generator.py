@@ -322,24 +322,6 @@ def test_padding_chunks_get_no_loss_and_no_influence():
     assert 2 <= image_logs["tokens"] <= 2 * HEIGHT * WIDTH
 
 
-def test_context_only_chunks_are_not_learned():
-    # the first chunk of a window cut mid-video: context for the chunks after it, never a target
-    model = tiny_model()
-    codes, text = random_codes(2, 4), random_text(2, 4)
-    valid = torch.tensor([[True, True, True, True], [True, True, True, False]])
-    context_first = valid & (torch.arange(4) > 0)
-    first_alone = torch.tensor([[True, False, False, False]] * 2)
-    _, all_logs = model.training_loss(codes, text, chunk_valid=valid, generator=seeded(0))
-    _, target_logs = model.training_loss(codes, text, chunk_valid=valid, generator=seeded(0),
-                                         chunk_target=context_first)
-    _, first_logs = model.training_loss(codes, text, chunk_valid=first_alone, generator=seeded(0))
-    # the masks are drawn the same way, so the targets are every masked token but the first chunks'
-    assert first_logs["tokens"] >= 2
-    assert target_logs["tokens"] == all_logs["tokens"] - first_logs["tokens"]
-    _, default_logs = model.training_loss(codes, text, chunk_valid=valid, generator=seeded(0), chunk_target=valid)
-    assert default_logs == all_logs
-
-
 @pytest.mark.parametrize("clean_context", [True, False])
 def test_text_dropout_uses_the_null_text(monkeypatch, clean_context):
     model = tiny_model(text_dropout=0.999, clean_context=clean_context)
@@ -676,9 +658,6 @@ def test_bad_inputs_raise_value_error():
         lambda: model.training_loss(codes, text, chunk_valid=torch.tensor([[False, True]])),
         lambda: model.training_loss(codes, text, chunk_valid=torch.tensor([[False, False]])),
         lambda: model.training_loss(codes, text, chunk_valid=torch.tensor([True, True])),
-        lambda: model.training_loss(codes, text, chunk_valid=torch.tensor([[True, False]]),
-                                    chunk_target=torch.tensor([[True, True]])),  # padding as a target
-        lambda: model.training_loss(codes, text, chunk_target=torch.tensor([True, True])),
         lambda: model(codes + CODEBOOK + 1, text),                            # beyond the mask id
         lambda: model(codes[0], text),
         lambda: model.generate(text, steps=0),

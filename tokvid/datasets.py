@@ -200,10 +200,7 @@ class TokenChunkDataset:
     """Windows of at most `max_chunks` latent chunks from token shards, with per-chunk prompt ids.
 
     Each chunk gets the ids of the prompt that governs it (story.chunk_segments). Longer items are
-    cut at a random chunk; shorter ones are padded and marked invalid in `chunk_valid`. `chunk_target`
-    marks the chunks to learn: the valid ones, except the first chunk of a window cut from the middle
-    of an item. That chunk is a latent of several mid-video frames, while a video's first chunk is its
-    first frame alone; it stays as context for the chunks after it.
+    cut at a random chunk; shorter ones are padded and marked invalid in `chunk_valid`.
     """
 
     def __init__(self, shards, text_tokenizer, max_chunks: int, text_length: int | None = None):
@@ -232,10 +229,9 @@ class TokenChunkDataset:
         text = self.text_tokenizer.batch([prompts[owner] for owner in owners[start:stop]], self.text_length)
         padding = self.max_chunks - (stop - start)
         valid = torch.arange(self.max_chunks) < stop - start
-        target = valid & ((torch.arange(self.max_chunks) > 0) | (start == 0))
         codes = torch.cat([codes[start:stop], codes.new_zeros((padding, *codes.shape[1:]))])
         text = torch.cat([text, text[-1:].expand(padding, -1)])
-        return {"codes": codes, "text": text, "chunk_valid": valid, "chunk_target": target}
+        return {"codes": codes, "text": text, "chunk_valid": valid}
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}

@@ -589,15 +589,10 @@ class Generator(nn.Module):
         return torch.stack(logits, dim=1)
 
     def training_loss(self, codes: torch.Tensor, text: torch.Tensor, chunk_valid: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None,
-                      chunk_target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked-token cross-entropy with an independent MaskGIT cosine mask ratio per chunk.
 
         codes (B,t,h,w), text (B,t,L), chunk_valid (B,t) bool (False = trailing padding, no loss).
-        chunk_target (B,t) bool: the valid chunks whose tokens are learned (default: every valid chunk). A
-        valid chunk that is not a target is context only. A window cut from the middle of a video needs
-        this for its first chunk: learned, it would teach the generator that a video may start with a
-        mid-video latent, which the tokenizer decodes as a malformed first frame.
         All randomness comes from `generator` so a resumed run draws the same masks.
         """
         config = self.config
@@ -608,7 +603,6 @@ class Generator(nn.Module):
         if chunk_valid is None:
             chunk_valid = torch.ones(batch, chunks, dtype=torch.bool, device=device)
         chunk_valid = self._check_chunk_valid(chunk_valid, (batch, chunks)).to(device)
-        chunk_target = chunk_valid if chunk_target is None else self._check_chunk_target(chunk_target, chunk_valid)
         tokens = codes.flatten(2).long()
         num_tokens = tokens.shape[2]
 
@@ -620,7 +614,7 @@ class Generator(nn.Module):
             clean = _uniform((batch, chunks), generator, device) < config.clean_chunk_prob
         order = _uniform((batch, chunks, num_tokens), generator, device).argsort(dim=-1).argsort(dim=-1)
         drop_text = _uniform((batch,), generator, device) < config.text_dropout
-        masked = (order < num_masked[..., None]) & (chunk_target & ~clean)[..., None]
+        masked = (order < num_masked[..., None]) & (chunk_valid & ~clean)[..., None]
 
         text = torch.where(drop_text[:, None, None], self.null_text(batch, chunks, device), text)
         # Trailing padding chunks cannot influence earlier chunks (causal), so skip computing them.
@@ -924,15 +918,6 @@ class Generator(nn.Module):
         if not bool(chunk_valid.any()):
             raise ValueError("chunk_valid marks every chunk as padding; the batch has nothing to learn from")
         return chunk_valid
-
-    @staticmethod
-    def _check_chunk_target(chunk_target, chunk_valid: torch.Tensor) -> torch.Tensor:
-        if not isinstance(chunk_target, torch.Tensor) or chunk_target.shape != chunk_valid.shape:
-            raise ValueError(f"chunk_target must be a bool tensor of shape {tuple(chunk_valid.shape)} (B, t)")
-        chunk_target = chunk_target.bool().to(chunk_valid.device)
-        if bool((chunk_target & ~chunk_valid).any()):
-            raise ValueError("chunk_target marks padding chunks (chunk_valid False) as targets; a target must be valid")
-        return chunk_target
 
 
 # ---------------------------------------------------------------------------------------------

@@ -981,8 +981,7 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
         return model
 
     def loss(model: nn.Module, batch: dict, generator: torch.Generator):
-        return model.training_loss(batch["codes"], batch["text"], batch["chunk_valid"], generator=generator,
-                                   chunk_target=batch["chunk_target"])
+        return model.training_loss(batch["codes"], batch["text"], batch["chunk_valid"], generator=generator)
 
     def export(model: nn.Module, directory: Path) -> None:
         save_pipeline(directory, model, text_model, video_model, fps=shards.info.get("fps") or 8.0)
