@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
 # the bundle's sampling defaults, set on --install: 8 steps at temperature 0.5 (the README's sweeps),
-# CFG 2 (3 and 4 add objects with this run's tokenizer, 1.5 loses the prompt's object), the most
+# CFG 2 (3 and 4 add objects with this run's tokenizer, 1.5 and 2.5 score lower), the most
 # prompt-specific of 8 first chunks, the best of 4 of every later chunk and only codes the training shards
 # hold (README design notes)
 SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 2.0, "temperature": 0.5, "first_chunk_candidates": 8,
