@@ -41,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    parser.add_argument("--redraw-first-frame", action=argparse.BooleanOptionalAction, default=None,
+                        help="re-code the first frame from the second (default: the model's)")
     parser.add_argument("--sweep", action="store_true", help="accuracy vs seconds over CFG x steps x temperature")
     parser.add_argument("--sweep-cfg", default="1,3,5")
     parser.add_argument("--sweep-steps", default="4,8,12")
@@ -67,7 +69,8 @@ def make_generator(args):
 
     pipe = tokvid.TokVidPipeline.from_pretrained(args.model)
     sampling = {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg_scale),
-                                  ("temperature", args.temperature)) if v is not None}
+                                  ("temperature", args.temperature),
+                                  ("redraw_first_frame", args.redraw_first_frame)) if v is not None}
 
     def generate(story, seed, **overrides):
         options = {**sampling, **overrides}

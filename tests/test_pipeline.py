@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tokvid.pipeline import SamplingSettings, TokVidPipeline
+from tokvid.video_io import tensor_to_frames
 from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
 
@@ -104,6 +105,29 @@ def test_prime_frames_continue_a_video(pipe):
     assert torch.equal(out.codes[:2], expected[0])
 
 
+def test_redraw_first_frame_codes_the_second_frame_as_the_first(pipe):
+    story = [("a red circle moves right", 8), ("a red circle moves down", 8)]
+    drawn = pipe.story(story, seed=4)
+    redrawn = pipe.story(story, seed=4, redraw_first_frame=True)
+    second = torch.from_numpy(drawn.frames[1:2]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    assert torch.equal(redrawn.codes[:1], pipe.video_tokenizer.encode(second)[0])
+    assert torch.equal(redrawn.codes[1:], drawn.codes[1:])  # the generated chunks stay as they were
+    assert not torch.equal(redrawn.codes[:1], drawn.codes[:1])
+    assert np.array_equal(redrawn.frames, tensor_to_frames(pipe.video_tokenizer.decode(redrawn.codes[None])[0]))
+
+
+def test_redraw_first_frame_leaves_images_and_primed_videos_alone(pipe):
+    image = pipe("a blue square stays still", num_frames=1, seed=2)
+    assert np.array_equal(image.frames, pipe("a blue square stays still", num_frames=1, seed=2,
+                                             redraw_first_frame=True).frames)
+    prime = pipe("a blue square stays still", num_frames=5, seed=3).frames  # the user's first frame stays theirs
+    kept = pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime)
+    assert np.array_equal(kept.frames, pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime,
+                                            redraw_first_frame=True).frames)
+    with pytest.raises(ValueError, match="redraw_first_frame"):
+        SamplingSettings(redraw_first_frame=1)
+
+
 @pytest.mark.parametrize("call", [
     lambda p: p.story([("", 8)], seed=0),
     lambda p: p.story([("a red circle moves right", 0)], seed=0),
@@ -171,6 +195,21 @@ def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path
                         "--out", str(tmp_path / "i.mp4"), "--model", str(tiny_pipeline_dir), "--quiet")
     assert result.returncode == 0, result.stderr
     assert read_video(tmp_path / "i.mp4").shape[0] == 13
+
+
+def test_cli_redraw_first_frame_flag_overrides_the_model(tiny_pipeline_dir, tmp_path, monkeypatch):
+    from tokvid.cli import generate_main
+
+    redraws = []
+    real = TokVidPipeline._redraw_first_latent
+    monkeypatch.setattr(TokVidPipeline, "_redraw_first_latent",
+                        lambda self, codes: redraws.append(1) or real(self, codes))
+    for flag, expected in (([], 0), (["--redraw-first-frame"], 1), (["--no-redraw-first-frame"], 0)):
+        redraws.clear()
+        generate_main(["generate", "--prompt", "a red circle moves right", "--num-frames", "9",
+                       "--out", str(tmp_path / "r.mp4"), "--model", str(tiny_pipeline_dir), "--quiet", "--no-sheet",
+                       *flag])
+        assert len(redraws) == expected, flag
 
 
 @pytest.mark.parametrize("args", [

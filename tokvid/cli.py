@@ -62,6 +62,8 @@ def generate_parser() -> argparse.ArgumentParser:
                           "(default: the model's)")
     gen.add_argument("--min-code-count", type=int, default=None,
                      help="draw only codes seen this often in the generator's training data (0: any; default: the model's)")
+    gen.add_argument("--redraw-first-frame", action=argparse.BooleanOptionalAction, default=None,
+                     help="re-code the first frame from the second, a one-frame hold (default: the model's)")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--prime", default=None, help="image or video to continue from (image-to-video)")
     gen.add_argument("--no-sheet", action="store_true", help="do not write the contact-sheet PNG")
@@ -86,7 +88,8 @@ def generate_main(argv=None) -> None:
                                       top_k=args.top_k, order=args.order,
                                       first_chunk_candidates=args.first_chunk_candidates,
                                       later_chunk_candidates=args.later_chunk_candidates,
-                                      min_code_count=args.min_code_count).items() if v is not None}
+                                      min_code_count=args.min_code_count,
+                                      redraw_first_frame=args.redraw_first_frame).items() if v is not None}
     from .pipeline import TokVidPipeline
 
     pipe = TokVidPipeline.from_pretrained(args.model)

@@ -37,6 +37,8 @@ class SamplingSettings:
     later_chunk_candidates: int = 1  # sample every later chunk this many times, keep the one the prompt explains
                                      # best given the past (needs cfg_scale other than 0 and 1)
     min_code_count: int = 1  # draw only codes seen at least this often in the generator's training data (0: any)
+    redraw_first_frame: bool = False  # re-code the first frame from the second (a one-frame hold at the start):
+                                      # the first frame is drawn from the prompt alone, later ones with context
 
     def __post_init__(self):
         # pipeline.json may hold a whole number as a float (8.0); the sampler takes ints
@@ -47,6 +49,8 @@ class SamplingSettings:
                            self.first_chunk_candidates, self.later_chunk_candidates, self.min_code_count)
         if self.window_chunks is not None and (not isinstance(self.window_chunks, int) or self.window_chunks < 1):
             raise ValueError(f"window_chunks must be None or an int >= 1, got {self.window_chunks!r}")
+        if not isinstance(self.redraw_first_frame, bool):
+            raise ValueError(f"redraw_first_frame must be True or False, got {self.redraw_first_frame!r}")
 
 
 def _whole_float_as_int(value):
@@ -142,10 +146,23 @@ class TokVidPipeline:
                                         first_chunk_candidates=settings.first_chunk_candidates,
                                         later_chunk_candidates=settings.later_chunk_candidates,
                                         min_code_count=settings.min_code_count)
+        if settings.redraw_first_frame and prime_codes is None and codes.shape[1] > 1:
+            codes = self._redraw_first_latent(codes)
         video = self.video_tokenizer.decode(codes, chunk_latents=DECODE_CHUNK_LATENTS)
         frames = tensor_to_frames(video[0])
         wanted = total_frames + (prime_chunks - 1) * tc if prime_chunks else total_frames
         return VideoOutput(frames=frames[:wanted], fps=self.fps, codes=codes[0].cpu(), segments=segments)
+
+    def _redraw_first_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """Replace the first latent frame by the code of the decoded second frame.
+
+        The causal tokenizer codes frame 0 alone, so the generator draws it from the prompt with no
+        past; most malformed objects of the bundled model are there (too small, misshapen, off-colour),
+        while the next chunk, drawn with that context, is right. Frame 1 is decoded from the first two
+        latents only (the decoder is causal) and coded as an image."""
+        second = tensor_to_frames(self.video_tokenizer.decode(codes[:, :2])[0])[1:2]
+        first = self.video_tokenizer.encode(frames_to_tensor(second)[None].to(codes.device))
+        return torch.cat([first, codes[:, 1:]], dim=1)
 
     def _encode_prime(self, prime_frames: np.ndarray, device) -> torch.Tensor:
         tc, sc = self.video_tokenizer.temporal_compression, self.video_tokenizer.spatial_compression
