@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tokvid.pipeline import SamplingSettings, TokVidPipeline
-from tokvid.video_io import tensor_to_frames
+from tokvid.video_io import frames_to_tensor, tensor_to_frames
 from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
 
@@ -101,7 +101,7 @@ def test_prime_frames_continue_a_video(pipe):
     out = pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime)
     assert out.frames.shape[0] == 5 + 8
     assert out.codes.shape[0] == 4
-    expected = pipe.video_tokenizer.encode(torch.from_numpy(prime).permute(3, 0, 1, 2)[None].float() / 127.5 - 1)
+    expected = pipe.video_tokenizer.encode(frames_to_tensor(prime)[None])
     assert torch.equal(out.codes[:2], expected[0])
 
 
@@ -109,7 +109,7 @@ def test_redraw_first_frame_codes_the_second_frame_as_the_first(pipe):
     story = [("a red circle moves right", 8), ("a red circle moves down", 8)]
     drawn = pipe.story(story, seed=4)
     redrawn = pipe.story(story, seed=4, redraw_first_frame=True)
-    second = torch.from_numpy(drawn.frames[1:2]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    second = frames_to_tensor(drawn.frames[1:2])[None]
     assert torch.equal(redrawn.codes[:1], pipe.video_tokenizer.encode(second)[0])
     assert torch.equal(redrawn.codes[1:], drawn.codes[1:])  # the generated chunks stay as they were
     assert not torch.equal(redrawn.codes[:1], drawn.codes[:1])
