@@ -278,22 +278,27 @@ def load_recipe():
     return recipe
 
 
-def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, monkeypatch):
-    """Each generator stage starts from the previous stage's export with a seed of its own; a re-run
-    starts nothing that has finished."""
+def fake_stage_runner(commands: list):
+    """A stand-in for the recipe's `run`: records each command and writes the files the recipe checks
+    for as that stage's output."""
     from pathlib import Path
 
-    recipe = load_recipe()
-    commands = []
-
-    def fake_run(command):  # every stage's "output": the files the recipe checks for
+    def fake_run(command):
         commands.append(command)
         out = Path(command[command.index("--out") + 1])
         for marker in ("manifest.jsonl", "config.json", "info.json", "export/model.safetensors", "export/pipeline.json"):
             (out / marker).parent.mkdir(parents=True, exist_ok=True)
             (out / marker).touch()
 
-    monkeypatch.setattr(recipe, "run", fake_run)
+    return fake_run
+
+
+def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, monkeypatch):
+    """Each generator stage starts from the previous stage's export with a seed of its own; a re-run
+    starts nothing that has finished."""
+    recipe = load_recipe()
+    commands = []
+    monkeypatch.setattr(recipe, "run", fake_stage_runner(commands))
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # the recipe sets it if unset; keep it from leaking
     assert recipe.main(["--out", str(tmp_path / "run")]) == 0
     generator_stages = lambda: [c for c in commands if any(part.endswith("train_generator.py") for part in c)]  # noqa: E731
@@ -313,7 +318,35 @@ def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, mo
     assert [value(c, "--out") for c in generator_stages()] == [str(tmp_path / "short" / "generator")]
 
 
+def test_recipe_chains_its_decoder_stages_and_encodes_with_the_last(tmp_path, monkeypatch):
+    """The decoder stages each start from the previous tokenizer stage's export, only the last scores the
+    clamped output, and the shards and generators get the last decoder (all make the same codes)."""
+    recipe = load_recipe()
+    commands = []
+    monkeypatch.setattr(recipe, "run", fake_stage_runner(commands))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    value = lambda command, flag: command[command.index(flag) + 1] if flag in command else None  # noqa: E731
+    for steps, last in (("3000", "video_decoder_clamped"), ("0", "video_decoder")):
+        commands.clear()
+        run = tmp_path / steps
+        assert recipe.main(["--out", str(run), "--clamped-decoder-steps", steps, "--later-stages", ""]) == 0
+        stages = [c for c in commands if any(part.endswith("train_tokenizer.py") for part in c)]
+        assert len(stages) == (2 if steps == "0" else 3)
+        names = ["video_tokenizer", "video_decoder", "video_decoder_clamped"][:len(stages)]
+        assert [value(c, "--out") for c in stages] == [str(run / name) for name in names]
+        assert [value(c, "--init-from") for c in stages] == [None] + [str(run / name / "export") for name in names[:-1]]
+        assert [("--decoder-only" in c, "--clamped-loss" in c) for c in stages] == [
+            (False, False), (True, False), (True, True)][:len(stages)]
+        encode = next(c for c in commands if c[0] == "tokvid-encode")
+        generator = next(c for c in commands if any(part.endswith("train_generator.py") for part in c))
+        assert value(encode, "--tokenizer") == value(generator, "--video-tokenizer") == str(run / last / "export")
+        rates = [[c[i + 1] for i, part in enumerate(c) if part == "--lr"][-1] for c in stages]  # argparse: last wins
+        assert rates == ["1e-3", "1e-3", "0.001"][:len(stages)]
+
+
 @pytest.mark.parametrize("flags,message", [
+    (["--clamped-decoder-steps", "-1"], "--clamped-decoder-steps must be >= 0"),
+    (["--clamped-decoder-lr", "0"], "--clamped-decoder-lr > 0"),
     (["--tokenizer-ranks", "3"], "must divide"), (["--generator-ranks", "2", "--generator-batch", "5"], "must divide"),
     (["--finetune-ranks", "3"], "must divide"), (["--generator-ranks", "0"], "must divide"),
     (["--threads", "0"], "must be >= 1"), (["--spatial-compression", "12"], "4 times a power of two"),

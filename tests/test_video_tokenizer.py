@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from tokvid.video_tokenizer import (ENCODER_MODULES, VideoTokenizer, VideoTokenizerConfig, neighbour_codes,
-                                    video_tokenizer_preset)
+from tokvid.video_tokenizer import (ENCODER_MODULES, VideoTokenizer, VideoTokenizerConfig, clamped_error,
+                                    neighbour_codes, video_tokenizer_preset)
 
 
 def tiny(**overrides) -> VideoTokenizer:
@@ -144,7 +144,7 @@ def test_fingerprints_leave_out_later_fields_at_their_old_behaviour(tmp_path):
     tok.save_pretrained(tmp_path / "tok")
     config_path = tmp_path / "tok" / "config.json"
     saved = json.loads(config_path.read_text())
-    del saved["encoder_spatial_kernel"]  # as written before the field existed
+    del saved["encoder_spatial_kernel"], saved["clamped_loss"]  # as written before the fields existed
     config_path.write_text(json.dumps(saved))
     old = VideoTokenizer.from_pretrained(tmp_path / "tok")
 
@@ -157,9 +157,9 @@ def test_fingerprints_leave_out_later_fields_at_their_old_behaviour(tmp_path):
         return hashed.hexdigest()[:16]
 
     # as computed before the field existed: the config without it, then every tensor
-    assert old.fingerprint() == tok.fingerprint() == digest(old, leave_out=("encoder_spatial_kernel",))
+    assert old.fingerprint() == tok.fingerprint() == digest(old, leave_out=("encoder_spatial_kernel", "clamped_loss"))
     local = tiny(encoder_spatial_kernel=1)  # a value that behaves differently stays in the digest
-    assert local.fingerprint() == digest(local, leave_out=())
+    assert local.fingerprint() == digest(local, leave_out=("clamped_loss",))
 
 
 def test_config_validation():
@@ -173,6 +173,8 @@ def test_config_validation():
         VideoTokenizerConfig(quantizer="lfq", codebook_size=1000)
     with pytest.raises(ValueError, match="preset"):
         video_tokenizer_preset("huge")
+    with pytest.raises(ValueError, match="clamped_loss"):
+        VideoTokenizerConfig(clamped_loss="yes")
 
 
 def test_every_parameter_gets_a_gradient_and_no_nan():
@@ -241,6 +243,29 @@ def test_code_noise_changes_what_the_decoder_sees_but_not_the_codes_and_trains_e
     assert float(noisy) != float(clean) and noisy_logs["perplexity"] == clean_logs["perplexity"]
     noisy.backward()
     assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in tok.parameters())
+
+
+def test_clamped_loss_scores_the_output_as_decode_clamps_it_and_keeps_the_codes_fingerprint():
+    recon = torch.tensor([-1.5, -0.5, 1.3, 0.7, -1.5, 0.4], requires_grad=True)
+    target = torch.tensor([-1.0, -1.0, 1.0, 1.0, 0.2, 0.1])
+    error = clamped_error(recon, target)
+    # overshooting an end costs nothing; missing it, or any target inside, is the plain error
+    assert torch.allclose(error, torch.tensor([0.0, 0.5, 0.0, -0.3, -1.7, 0.3]))
+    error.pow(2).sum().backward()
+    assert recon.grad[4] != 0  # an output stuck beyond the wrong end is still pulled back
+
+    plain, clamped = tiny().train(), tiny(clamped_loss=True).train()
+    assert torch.equal(plain.state_dict()["decoder_in.weight"], clamped.state_dict()["decoder_in.weight"])
+    x = random_video(9, batch=2).sign()  # every target at an end of [-1, 1]
+    with torch.no_grad():
+        reconstruction = plain(x)[0]
+    _, plain_logs = plain.training_loss(x)
+    _, clamped_logs = clamped.training_loss(x)
+    assert plain_logs["recon_mse"] == pytest.approx(float((reconstruction - x).pow(2).mean()), rel=1e-5)
+    # between the picture's own error and the plain one (an output beyond the wrong end counts in full)
+    picture_mse = float((reconstruction.clamp(-1, 1) - x).pow(2).mean())
+    assert picture_mse <= clamped_logs["recon_mse"] + 1e-6 and clamped_logs["recon_mse"] < plain_logs["recon_mse"]
+    assert clamped.codes_fingerprint() == plain.codes_fingerprint()  # same codes: shards stay valid
 
 
 def test_decoder_fine_tuning_keeps_every_code_and_the_codes_fingerprint():

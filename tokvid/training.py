@@ -826,7 +826,8 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
                           quantizer: str | None = None, fsq_levels: str | None = None,
                           cache_bytes: int = 1 << 30, init_from: str | Path | None = None,
                           decoder_only: bool = False, local_codes: bool = False,
-                          code_noise: float = 0.0, spatial_compression: int | None = None) -> TrainingResult:
+                          code_noise: float = 0.0, spatial_compression: int | None = None,
+                          clamped_loss: bool = False) -> TrainingResult:
     """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors.
 
     init_from (a tokenizer directory or bundled name) starts from trained weights; the model this run
@@ -836,6 +837,8 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
     code_noise trains the decoder on codes of which this share is one FSQ digit step off (see
     VideoTokenizer.training_loss): with decoder_only, a decoder for a generator's slightly wrong codes.
     spatial_compression overrides the preset's pixels per token side (see spatial_compression_overrides).
+    clamped_loss scores the output as decode returns it (VideoTokenizerConfig.clamped_loss); it may differ
+    from init_from's, since it changes no code.
     """
     from tokvid.datasets import ClipDataset, clip_frame_count
     from tokvid.video_tokenizer import VideoTokenizer, check_code_noise, video_tokenizer_preset
@@ -846,6 +849,8 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
     overrides = {} if quantizer is None else {"quantizer": quantizer}
     if local_codes:
         overrides["encoder_spatial_kernel"] = 1
+    if clamped_loss:
+        overrides["clamped_loss"] = True
     if fsq_levels:
         try:
             overrides["fsq_levels"] = tuple(int(level) for level in str(fsq_levels).split(","))
@@ -900,12 +905,13 @@ def spatial_compression_overrides(preset_config, spatial_compression: int) -> di
 
 def _tokenizer_start_weights(source: str | Path, model_config) -> dict[str, torch.Tensor]:
     """The weights of the video tokenizer `source` (a directory or bundled name), checked against the
-    configuration this run builds (trainers set vq_sync_codebook, exports clear it)."""
-    from tokvid.video_tokenizer import VideoTokenizer
+    configuration this run builds (trainers set vq_sync_codebook, exports clear it; how the decoder is
+    trained may change)."""
+    from tokvid.video_tokenizer import DECODER_TRAINING_FIELDS, VideoTokenizer
 
     return _checked_start_weights(VideoTokenizer.from_pretrained(source), source, model_config, "tokenizer",
                                   "the --preset, --quantizer, --fsq-levels, --local-codes and --spatial-compression",
-                                  ignore=("vq_sync_codebook",))
+                                  ignore=("vq_sync_codebook", *DECODER_TRAINING_FIELDS))
 
 
 def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: str | Path, preset: str = "small",

@@ -1,6 +1,6 @@
 """Reproduce the bundled default model end to end: shapes-v1 data -> text tokenizer -> video
-tokenizer -> its decoder fine-tuned alone -> token shards -> generator -> fine-tuned generator (more
-stages) -> pipeline directory (-> tokvid/weights/shapes with --install).
+tokenizer -> its decoder fine-tuned alone, then on its clamped output -> token shards -> generator ->
+fine-tuned generator (more stages) -> pipeline directory (-> tokvid/weights/shapes with --install).
 
     DS_ACCELERATOR=cpu nohup python train/recipe_shapes.py --out runs/shapes --install > recipe.log 2>&1 &
 
@@ -24,6 +24,7 @@ TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
 # hold and the first frame re-coded from the second (README design notes)
 SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 2.0, "temperature": 0.5, "first_chunk_candidates": 8,
                      "later_chunk_candidates": 4, "min_code_count": 1, "redraw_first_frame": True}
+CLAMPED_DECODER_STEPS, CLAMPED_DECODER_LR = 3000, 1e-3
 LATER_STAGES = "2000:5e-4,1000:3e-4,2000:3e-4,2000:3e-4"  # generator stages after the first, STEPS:LR each
 
 
@@ -59,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="then the tokenizer's decoder alone (same codes, sharper shapes; 0: none)")
     parser.add_argument("--decoder-code-noise", type=float, default=0.2,
                         help="share of tokens the decoder sees one FSQ digit step off, as a generator's near misses")
+    parser.add_argument("--clamped-decoder-steps", type=int, default=CLAMPED_DECODER_STEPS,
+                        help="then the decoder alone again, scored on its output as decode clamps it (sharper "
+                             "edges; 0: none)")
+    parser.add_argument("--clamped-decoder-lr", type=float, default=CLAMPED_DECODER_LR,
+                        help="peak learning rate of that stage")
     parser.add_argument("--generator-steps", type=int, default=3000)
     parser.add_argument("--generator-lr", type=float, default=2e-3)
     parser.add_argument("--generator-preset", default="small")
@@ -94,6 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_token_patch(args.generator_token_patch, grid, grid, "--generator-token-patch")
     except ValueError as error:
         parser.error(str(error))
+    if args.clamped_decoder_steps < 0 or not args.clamped_decoder_lr > 0:
+        parser.error("--clamped-decoder-steps must be >= 0 and --clamped-decoder-lr > 0")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     return args
@@ -133,12 +141,23 @@ def install(exported: Path, video_tokenizer: Path, target: Path) -> None:
     pipeline.save_pretrained(target)
 
 
+def decoder_stage(args, tokenizer_command: list[str], start: Path, out: Path, steps: int, extra: list[str]) -> Path:
+    """Train the decoder of the tokenizer in `start` alone into `out` (every code stays as it was, so the
+    shards and generators of `start` stay valid); returns the export directory."""
+    if not (out / "export" / "model.safetensors").exists():
+        run(tokenizer_command + ["--out", str(out), "--max-steps", str(steps), "--warmup-steps", "50",
+                                 "--init-from", str(start), "--decoder-only",
+                                 "--code-noise", str(args.decoder_code_noise), *extra])
+    return out / "export"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    data, text, tokenizer, decoder, shards, generator = (
-        out / name for name in ("data", "text_tokenizer", "video_tokenizer", "video_decoder", "shards", "generator"))
+    data, text, tokenizer, decoder, clamped_decoder, shards, generator = (
+        out / name for name in ("data", "text_tokenizer", "video_tokenizer", "video_decoder", "video_decoder_clamped",
+                                "shards", "generator"))
     if not (data / "manifest.jsonl").exists():
         run(["tokvid-data", "shapes", "--out", str(data), "--num-videos", str(args.num_videos), "--seed", str(args.seed)])
     if not (text / "config.json").exists():
@@ -153,12 +172,13 @@ def main(argv=None) -> int:
         run(tokenizer_command + ["--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),
                                  "--warmup-steps", "100"])
     video_tokenizer = tokenizer / "export"
+    # each decoder stage makes the same codes as tokenizer/export and draws them more sharply
     if args.decoder_steps > 0:
-        if not (decoder / "export" / "model.safetensors").exists():
-            run(tokenizer_command + ["--out", str(decoder), "--max-steps", str(args.decoder_steps), "--warmup-steps", "50",
-                                     "--init-from", str(video_tokenizer), "--decoder-only",
-                                     "--code-noise", str(args.decoder_code_noise)])
-        video_tokenizer = decoder / "export"  # the same codes as tokenizer/export, decoded more sharply
+        video_tokenizer = decoder_stage(args, tokenizer_command, video_tokenizer, decoder, args.decoder_steps, [])
+    if args.clamped_decoder_steps > 0:
+        clamped = ["--clamped-loss", "--lr", str(args.clamped_decoder_lr)]
+        video_tokenizer = decoder_stage(args, tokenizer_command, video_tokenizer, clamped_decoder,
+                                        args.clamped_decoder_steps, clamped)
     if not (shards / "info.json").exists():
         shutil.rmtree(shards, ignore_errors=True)
         run(["tokvid-encode", "--tokenizer", str(video_tokenizer), "--manifest", str(data / "manifest.jsonl"),

@@ -29,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--code-noise", type=float, default=0.0,
                         help="share of tokens the decoder sees one FSQ digit step off in training, so it draws "
                              "clean pictures from a generator's near-miss codes (with --decoder-only)")
+    parser.add_argument("--clamped-loss", action="store_true",
+                        help="score the output as decode returns it, clamped to [-1, 1]: sharper edges next to "
+                             "black or saturated pixels (changes no code: fine with --decoder-only)")
     parser.add_argument("--cache-gb", type=float, default=1.0, help="decoded-clip cache per rank")
     parser.add_argument("--init-from", default=None,
                         help="tokenizer directory or bundled name to start from (fine-tuning; same configuration)")
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
         fps=args.fps, quantizer=args.quantizer, fsq_levels=args.fsq_levels, cache_bytes=int(args.cache_gb * 2**30),
         init_from=args.init_from, decoder_only=args.decoder_only,
         local_codes=args.local_codes, code_noise=args.code_noise,
-        spatial_compression=args.spatial_compression), throughput_unit="frames")
+        spatial_compression=args.spatial_compression, clamped_loss=args.clamped_loss), throughput_unit="frames")
 
 
 if __name__ == "__main__":
