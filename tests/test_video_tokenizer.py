@@ -156,7 +156,7 @@ def test_fingerprints_leave_out_later_fields_at_their_old_behaviour(tmp_path):
             hashed.update(value.numpy().tobytes())
         return hashed.hexdigest()[:16]
 
-    # as computed before the field existed: the config without it, then every tensor
+    # as computed before the fields existed: the config without them, then every tensor
     assert old.fingerprint() == tok.fingerprint() == digest(old, leave_out=("encoder_spatial_kernel", "clamped_loss"))
     local = tiny(encoder_spatial_kernel=1)  # a value that behaves differently stays in the digest
     assert local.fingerprint() == digest(local, leave_out=("clamped_loss",))
