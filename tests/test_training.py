@@ -293,6 +293,12 @@ def fake_stage_runner(commands: list):
     return fake_run
 
 
+def flag_value(command: list[str], flag: str) -> str | None:
+    """The value a command line gives `flag`: its last occurrence, as argparse reads it (None if absent)."""
+    places = [i for i, part in enumerate(command) if part == flag]
+    return command[places[-1] + 1] if places else None
+
+
 def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, monkeypatch):
     """Each generator stage starts from the previous stage's export with a seed of its own; a re-run
     starts nothing that has finished."""
@@ -302,20 +308,19 @@ def test_recipe_chains_its_generator_stages_and_skips_finished_ones(tmp_path, mo
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # the recipe sets it if unset; keep it from leaking
     assert recipe.main(["--out", str(tmp_path / "run")]) == 0
     generator_stages = lambda: [c for c in commands if any(part.endswith("train_generator.py") for part in c)]  # noqa: E731
-    value = lambda command, flag: command[command.index(flag) + 1] if flag in command else None  # noqa: E731
     stages = generator_stages()
     run = tmp_path / "run"
     names = ["generator", "generator_stage2", "generator_stage3", "generator_stage4", "generator_stage5"]
-    assert [value(c, "--out") for c in stages] == [str(run / name) for name in names]
-    assert [value(c, "--init-from") for c in stages] == [None] + [str(run / name / "export") for name in names[:-1]]
-    assert [value(c, "--seed") for c in stages] == ["1", "2", "3", "4", "5"]
-    assert [value(c, "--lr") for c in stages] == ["0.002", "0.0005", "0.0003", "0.0003", "0.0003"]
-    assert [value(c, "--max-steps") for c in stages] == ["3000", "2000", "1000", "2000", "2000"]
-    assert all(value(c, "--token-patch") == "2" for c in stages)
+    assert [flag_value(c, "--out") for c in stages] == [str(run / name) for name in names]
+    assert [flag_value(c, "--init-from") for c in stages] == [None] + [str(run / name / "export") for name in names[:-1]]
+    assert [flag_value(c, "--seed") for c in stages] == ["1", "2", "3", "4", "5"]
+    assert [flag_value(c, "--lr") for c in stages] == ["0.002", "0.0005", "0.0003", "0.0003", "0.0003"]
+    assert [flag_value(c, "--max-steps") for c in stages] == ["3000", "2000", "1000", "2000", "2000"]
+    assert all(flag_value(c, "--token-patch") == "2" for c in stages)
     commands.clear()
     assert recipe.main(["--out", str(run)]) == 0 and commands == []
     assert recipe.main(["--out", str(tmp_path / "short"), "--later-stages", ""]) == 0
-    assert [value(c, "--out") for c in generator_stages()] == [str(tmp_path / "short" / "generator")]
+    assert [flag_value(c, "--out") for c in generator_stages()] == [str(tmp_path / "short" / "generator")]
 
 
 def test_recipe_chains_its_decoder_stages_and_encodes_with_the_last(tmp_path, monkeypatch):
@@ -325,7 +330,6 @@ def test_recipe_chains_its_decoder_stages_and_encodes_with_the_last(tmp_path, mo
     commands = []
     monkeypatch.setattr(recipe, "run", fake_stage_runner(commands))
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    value = lambda command, flag: command[command.index(flag) + 1] if flag in command else None  # noqa: E731
     for steps, last in (("3000", "video_decoder_clamped"), ("0", "video_decoder")):
         commands.clear()
         run = tmp_path / steps
@@ -333,15 +337,14 @@ def test_recipe_chains_its_decoder_stages_and_encodes_with_the_last(tmp_path, mo
         stages = [c for c in commands if any(part.endswith("train_tokenizer.py") for part in c)]
         assert len(stages) == (2 if steps == "0" else 3)
         names = ["video_tokenizer", "video_decoder", "video_decoder_clamped"][:len(stages)]
-        assert [value(c, "--out") for c in stages] == [str(run / name) for name in names]
-        assert [value(c, "--init-from") for c in stages] == [None] + [str(run / name / "export") for name in names[:-1]]
+        assert [flag_value(c, "--out") for c in stages] == [str(run / name) for name in names]
+        assert [flag_value(c, "--init-from") for c in stages] == [None] + [str(run / name / "export") for name in names[:-1]]
         assert [("--decoder-only" in c, "--clamped-loss" in c) for c in stages] == [
             (False, False), (True, False), (True, True)][:len(stages)]
         encode = next(c for c in commands if c[0] == "tokvid-encode")
         generator = next(c for c in commands if any(part.endswith("train_generator.py") for part in c))
-        assert value(encode, "--tokenizer") == value(generator, "--video-tokenizer") == str(run / last / "export")
-        rates = [[c[i + 1] for i, part in enumerate(c) if part == "--lr"][-1] for c in stages]  # argparse: last wins
-        assert rates == ["1e-3", "1e-3", "0.001"][:len(stages)]
+        assert flag_value(encode, "--tokenizer") == flag_value(generator, "--video-tokenizer") == str(run / last / "export")
+        assert [flag_value(c, "--lr") for c in stages] == ["1e-3", "1e-3", "0.001"][:len(stages)]
 
 
 @pytest.mark.parametrize("flags,message", [
