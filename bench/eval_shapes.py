@@ -32,8 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--oracle", action="store_true", help="score ground-truth renders instead of a model")
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma list of {SETS}, or 'none'")
     parser.add_argument("--limit", type=int, default=None, help="at most N videos per set (quick runs)")
-    parser.add_argument("--stories", type=int, default=42, help="videos in the 'stories' set")
-    parser.add_argument("--long-count", type=int, default=7, help="videos in the 'long' set")
+    parser.add_argument("--stories", type=int, default=36, help="videos in the 'stories' set")
+    parser.add_argument("--long-count", type=int, default=6, help="videos in the 'long' set")
     parser.add_argument("--long-frames", type=int, default=4 * LONGEST_TRAINING_FRAMES,
                         help="frames (after the leading one) of each 'long' story; a multiple of 16")
     parser.add_argument("--seed", type=int, default=0, help="generation seed of video 0 (video i uses seed + i)")
