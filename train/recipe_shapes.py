@@ -18,12 +18,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
-# the bundle's sampling defaults, set on --install: 8 steps at temperature 0.5 (the README's sweeps),
-# CFG 2 (3 and 4 add objects with this run's tokenizer, 1.5 and 2.5 score lower), the most
-# prompt-specific of 8 first chunks, the best of 4 of every later chunk, only codes the training shards
-# hold and the first frame re-coded from the second (README design notes)
-SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 2.0, "temperature": 0.5, "first_chunk_candidates": 8,
-                     "later_chunk_candidates": 4, "min_code_count": 1, "redraw_first_frame": True}
+# the bundle's sampling defaults, set on --install (the README's sweeps): CFG 1, 8 steps at temperature 1.25
+# (lower temperatures and more guidance park objects at walls and lose stories), the most prompt-specific of
+# 8 first chunks, each later chunk sampled once (choosing among several needs guidance above 1), only codes
+# the training shards hold and the first frame re-coded from the second (README design notes)
+SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 1.0, "temperature": 1.25, "first_chunk_candidates": 8,
+                     "later_chunk_candidates": 1, "min_code_count": 1, "redraw_first_frame": True}
 CLAMPED_DECODER_STEPS, CLAMPED_DECODER_LR = 3000, 1e-3
 LATER_STAGES = "2000:5e-4,1000:3e-4,2000:3e-4,2000:3e-4"  # generator stages after the first, STEPS:LR each
 
