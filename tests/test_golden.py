@@ -29,6 +29,8 @@ GOLDEN = {
     "image": "dc875ce1ff1c8606baeece0d536021fe3a940e3f4e3effad06364324e7379c0a",
     "codes_shapes": "7bc6b33926364f48bdbbce7cf2534c55858da8d3d9dbbd8c97e50e63772ae5b1",
     "codes_general": "a0cea59c58f54883d463ed5ac1c026d232b48710b8d490231bd69d44fedfa6af",
+    "fingerprints_shapes": "fdefe89a7684eac2 12579b8839578e49",
+    "fingerprints_general": "a21245660fce42b1 cf47939268d99af4",
 }
 
 
@@ -62,7 +64,11 @@ def golden_outputs() -> dict[str, str]:
     for name in ("shapes", "general"):
         tokenizer = tokvid.VideoTokenizer.from_pretrained(name)
         outputs[f"codes_{name}"] = tokenizer.encode(tokenizer_input())
-    return {name: digest(value) for name, value in outputs.items()}
+    hashes = {name: digest(value) for name, value in outputs.items()}
+    for name in ("shapes", "general"):  # token shards record these: they must survive any reorganisation
+        tokenizer = tokvid.VideoTokenizer.from_pretrained(name)
+        hashes[f"fingerprints_{name}"] = f"{tokenizer.fingerprint()} {tokenizer.codes_fingerprint()}"
+    return hashes
 
 
 @pytest.fixture(scope="module")
