@@ -158,9 +158,9 @@ def build_untrained_pipeline(directory: Path, preset: str) -> Path:
     import torch
     import tokvid
     from tokvid import shapes
-    from tokvid.generator import Generator, generator_config_preset
+    from tokvid.models.generator import Generator, generator_config_preset
     from tokvid.pipeline import save_pipeline
-    from tokvid.text_tokenizer import train_text_tokenizer
+    from tokvid.models.text_tokenizer import train_text_tokenizer
 
     torch.manual_seed(0)
     video_tokenizer = tokvid.VideoTokenizer(tokvid.video_tokenizer_preset(preset))

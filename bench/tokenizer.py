@@ -78,7 +78,7 @@ def phase_quality(params: dict) -> dict:
     import torch
     import tokvid
     from tokvid.footage import held_out_clips
-    from tokvid.video_tokenizer import codebook_stats
+    from tokvid.models.video_tokenizer import codebook_stats
 
     tokenizer = _load(params)
     clips = held_out_clips(params["size"], num_frames=NUM_FRAMES)
@@ -102,7 +102,7 @@ def peer_quality(size: int, args) -> dict | None:
     """Untrained peer C-ViViT on the held-out clips; metrics computed here, like ours."""
     import numpy as np
     from tokvid.footage import held_out_clips
-    from tokvid.video_tokenizer import codebook_stats
+    from tokvid.models.video_tokenizer import codebook_stats
     import torch
 
     clips = held_out_clips(size, num_frames=NUM_FRAMES)
@@ -188,7 +188,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
-    from tokvid.video_tokenizer import resolve_pretrained_dir
+    from tokvid.models.video_tokenizer import resolve_pretrained_dir
 
     try:
         resolve_pretrained_dir(args.tokenizer)

@@ -40,7 +40,7 @@ TEXT_LENGTH, TEXT_VOCAB, CODEBOOK = 16, 256, 1000
 
 
 def _generator_config(params: dict):
-    from tokvid.generator import generator_config_preset
+    from tokvid.models.generator import generator_config_preset
     from tokvid.story import num_chunks_for_frames
 
     grid = SIZE // 8
@@ -101,7 +101,7 @@ def _setup(params: dict):
     from tokvid.datasets import chunk_token_count, clip_frame_count
 
     if params["model"] == "generator":
-        from tokvid.generator import Generator
+        from tokvid.models.generator import Generator
 
         config, chunks = _generator_config(params)
 
@@ -109,7 +109,7 @@ def _setup(params: dict):
             return model.training_loss(batch["codes"], batch["text"], batch["chunk_valid"], generator=generator)
 
         return lambda: Generator(config), RandomTokenChunks(config, chunks), loss, chunk_token_count, "tokens"
-    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+    from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
     config = video_tokenizer_preset(params["preset"])
     return (lambda: VideoTokenizer(config), RandomClips(), lambda model, batch, generator: model.training_loss(batch),
@@ -183,7 +183,7 @@ def phase_train(params: dict) -> dict:
     import torch
     import torch.distributed as dist
 
-    from tokvid.training import TrainingConfig, run_training, setup_distributed
+    from tokvid.training.engine import TrainingConfig, run_training, setup_distributed
 
     build_model, dataset, loss_fn, count_units, unit = _setup(params)
     setup_distributed()
@@ -209,7 +209,7 @@ PHASES = {"flops": phase_flops, "train": phase_train}
 
 def run_under_launcher(params: dict, ranks: int) -> dict:
     """phase_train with `ranks` processes x 1 thread under the deepspeed launcher; rank 0's result."""
-    from tokvid.training import free_port
+    from tokvid.training.engine import free_port
 
     payload = json.dumps({"phase": "train", "threads": 1, **params})
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}

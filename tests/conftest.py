@@ -3,11 +3,12 @@ import os
 import pytest
 import torch
 
-from tokvid.generator import Generator, generator_config_preset
-from tokvid.pipeline import SamplingSettings, save_pipeline
+from tokvid.models.generator import Generator, generator_config_preset
+from tokvid.pipeline import save_pipeline
+from tokvid.sampling import SamplingConfig
 from tokvid.shapes import COLOURS, MOTIONS, SHAPES, caption
-from tokvid.text_tokenizer import train_text_tokenizer
-from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+from tokvid.models.text_tokenizer import train_text_tokenizer
+from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -32,5 +33,5 @@ def tiny_pipeline_dir(tmp_path_factory):
     config = generator_config_preset("tiny", codebook_size=video.vocab_size, text_vocab_size=text.vocab_size,
                                      text_length=text.max_length, dim=32, depth=2, heads=2, window_chunks=4,
                                      text_pad_id=text.pad_id)
-    save_pipeline(root / "pipe", Generator(config), text, video, fps=8, defaults=SamplingSettings(steps=2))
+    save_pipeline(root / "pipe", Generator(config), text, video, fps=8, sampling=SamplingConfig(steps=2))
     return root / "pipe"

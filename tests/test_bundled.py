@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tokvid
-from tokvid.video_tokenizer import BUNDLED_DIR
+from tokvid.models.video_tokenizer import BUNDLED_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_DEFAULT = (BUNDLED_DIR / "shapes" / "pipeline.json").exists()

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="needs
 
 def launch(script: str, args: list[str], ranks: int, cwd: Path, launcher: str = "deepspeed") -> subprocess.CompletedProcess:
     """Run a train/ script: 1 rank as a plain process, else under `deepspeed` or (faster to start) `torchrun`."""
-    from tokvid.training import free_port
+    from tokvid.training.engine import free_port
 
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -136,7 +136,7 @@ def test_sigkilled_zero3_run_resumes_exactly_and_matches_one_rank(zero3_resumed,
 def test_tokenizer_export_reproduces_the_engine(work, zero3_resumed):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from tokvid.video_tokenizer import VideoTokenizer
+    from tokvid.models.video_tokenizer import VideoTokenizer
 
     run = work / "zero3"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000008", "step-0000010"]
@@ -152,7 +152,7 @@ def test_tokenizer_export_reproduces_the_engine(work, zero3_resumed):
 
 
 def test_decoder_fine_tuning_through_the_script_keeps_the_codes(work, single):
-    from tokvid.video_tokenizer import VideoTokenizer
+    from tokvid.models.video_tokenizer import VideoTokenizer
 
     start = work / "single" / "export"
     common = ["--manifest", str(work / "data" / "manifest.jsonl"), "--preset", "tiny", "--num-frames", "5",
@@ -181,7 +181,7 @@ def test_decoder_fine_tuning_through_the_script_keeps_the_codes(work, single):
 
 
 def test_vq_codebooks_stay_equal_across_ranks(work):
-    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+    from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
     args = tokenizer_args(work, "vq", 2, "--quantizer", "vq", "--grad-accum", "2")
     args[args.index("--max-steps") + 1] = "3"
@@ -202,7 +202,7 @@ def test_generator_trains_on_two_ranks_and_exports_a_pipeline(work, zero3_resume
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from tokvid.encoding import encode_videos
-    from tokvid.generator import Generator
+    from tokvid.models.generator import Generator
     from tokvid.pipeline import TokVidPipeline
 
     shards = work / "shards"
@@ -236,7 +236,7 @@ def test_generator_trains_on_two_ranks_and_exports_a_pipeline(work, zero3_resume
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configuration(work):
-    from tokvid.generator import widen_digit_head
+    from tokvid.models.generator import widen_digit_head
     from tokvid.pipeline import TokVidPipeline
 
     start = work / "generator" / "export"
@@ -273,7 +273,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_configura
 
 def test_digit_head_on_a_vq_tokenizer_is_a_one_line_error(work):
     from tokvid.encoding import encode_videos
-    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+    from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
     torch.manual_seed(0)
     VideoTokenizer(video_tokenizer_preset("tiny", quantizer="vq")).save_pretrained(work / "vq_untrained")

@@ -7,7 +7,7 @@ import torch
 from tokvid.cli import decode_main, encode_main, run_cli
 from tokvid.shards import ShardWriter, TokenShards, tokenizer_info
 from tokvid.video_io import frames_to_tensor, read_video, write_video
-from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
 
 @pytest.fixture(scope="module")

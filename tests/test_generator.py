@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tokvid.generator as generator_module
-from tokvid.generator import (LATER_CANDIDATE_UNCOND_WEIGHT, Generator, GeneratorConfig, generator_config_preset,
+import tokvid.models.generator as generator_module
+from tokvid.models.generator import (LATER_CANDIDATE_UNCOND_WEIGHT, Generator, GeneratorConfig, generator_config_preset,
                              maskgit_step)
 
 CODEBOOK, TEXT_VOCAB, TEXT_LENGTH, HEIGHT, WIDTH = 16, 12, 5, 2, 4
@@ -334,7 +334,7 @@ def test_text_dropout_uses_the_null_text(monkeypatch, clean_context):
 
 
 def test_spatial_rotary_scores_depend_on_relative_position_only():
-    from tokvid.generator import apply_rotary, rotary_cos_sin
+    from tokvid.models.generator import apply_rotary, rotary_cos_sin
 
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
 
@@ -374,7 +374,7 @@ def test_digit_head_is_a_normalised_product_of_digit_distributions():
     and digits follow the FSQ index layout of vector-quantize-pytorch (first level least significant)."""
     from vector_quantize_pytorch import FSQ
 
-    from tokvid.generator import digit_rows
+    from tokvid.models.generator import digit_rows
 
     levels = [4, 4]
     codes = torch.arange(16)
@@ -426,7 +426,7 @@ def test_digit_mixture_is_a_normalised_mixture_that_can_bind_digits():
 
 
 def test_widened_digit_head_starts_near_its_one_product_start():
-    from tokvid.generator import widen_digit_head
+    from tokvid.models.generator import widen_digit_head
 
     levels = [4, 4]
     start = tiny_model(code_levels=levels, digit_head=True)

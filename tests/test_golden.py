@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tokvid
-from tokvid.video_tokenizer import BUNDLED_DIR
+from tokvid.models.video_tokenizer import BUNDLED_DIR
 
 HAS_BUNDLE = (BUNDLED_DIR / "shapes" / "pipeline.json").exists() and (BUNDLED_DIR / "general").is_dir()
 

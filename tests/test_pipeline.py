@@ -8,7 +8,7 @@ import torch
 
 from tokvid.pipeline import SamplingSettings, TokVidPipeline
 from tokvid.video_io import frames_to_tensor, tensor_to_frames
-from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
 
 @pytest.fixture(scope="session")

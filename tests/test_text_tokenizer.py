@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokvid.text_tokenizer import TextTokenizer, manifest_captions, train_text_tokenizer
+from tokvid.models.text_tokenizer import TextTokenizer, manifest_captions, train_text_tokenizer
 
 CAPTIONS = [f"a {colour} {shape} moves {direction}" for colour in ("red", "green", "blue")
             for shape in ("circle", "square") for direction in ("left", "right", "up")]

@@ -14,7 +14,7 @@ from tokvid.datasets import epoch_permutation
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from tokvid.training import (COMPLETE_MARKER, TrainingConfig, TrainingStopped, build_ds_config,  # noqa: E402
+from tokvid.training.engine import (COMPLETE_MARKER, TrainingConfig, TrainingStopped, build_ds_config,  # noqa: E402
                              complete_checkpoints, enable_activation_checkpointing, load_ds_config,
                              prune_checkpoints, resolve_resume, run_training, warmup_cosine)
 
@@ -253,8 +253,8 @@ def test_activation_checkpointing_keeps_outputs_and_gradients():
 
 
 def test_spatial_compression_adds_or_drops_per_frame_levels():
-    from tokvid.training import spatial_compression_overrides
-    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+    from tokvid.training.engine import spatial_compression_overrides
+    from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
     tiny = video_tokenizer_preset("tiny")  # 8x: widths (8, 16) after a 4x stem
     assert spatial_compression_overrides(tiny, 16) == {"spatial_compression": 16, "frame_channels": (8, 16, 32)}
@@ -368,7 +368,7 @@ def test_recipe_install_ships_the_runs_decoder_and_refuses_one_with_other_codes(
     """A decoder stage re-run after the generator stages still reaches the bundle; an encoder that makes
     other codes than the generator was trained on does not."""
     from tokvid.pipeline import TokVidPipeline
-    from tokvid.video_tokenizer import ENCODER_MODULES, VideoTokenizer
+    from tokvid.models.video_tokenizer import ENCODER_MODULES, VideoTokenizer
 
     recipe = load_recipe()
     exported = TokVidPipeline.from_pretrained(tiny_pipeline_dir).video_tokenizer

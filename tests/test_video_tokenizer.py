@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tokvid.video_tokenizer import (ENCODER_MODULES, VideoTokenizer, VideoTokenizerConfig, clamped_error,
+from tokvid.models.video_tokenizer import (ENCODER_MODULES, VideoTokenizer, VideoTokenizerConfig, clamped_error,
                                     neighbour_codes, video_tokenizer_preset)
 
 

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from tokvid.text_tokenizer import manifest_captions, train_text_tokenizer
+from tokvid.models.text_tokenizer import manifest_captions, train_text_tokenizer
 
 
 def read_manifest_items(path: str) -> list[dict]:

@@ -7,7 +7,7 @@ import torch
 
 from .shards import ShardWriter, TokenShards, tokenizer_info
 from .video_io import VIDEO_EXTENSIONS, frames_to_tensor, read_video, tensor_to_frames, video_fps, write_video
-from .video_tokenizer import VideoTokenizer
+from .models.video_tokenizer import VideoTokenizer
 
 
 def usable_frames(num_frames: int, temporal_compression: int) -> int:

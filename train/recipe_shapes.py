@@ -87,10 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 ("finetune", args.finetune_ranks, args.finetune_batch)):
         if ranks < 1 or batch % ranks:
             parser.error(f"--{stage}-ranks {ranks} must divide the {stage} batch ({batch})")
-    from tokvid.generator import check_token_patch
+    from tokvid.models.generator import check_token_patch
     from tokvid.shapes import FRAME_SIZE
-    from tokvid.training import spatial_compression_overrides
-    from tokvid.video_tokenizer import video_tokenizer_preset
+    from tokvid.training.engine import spatial_compression_overrides
+    from tokvid.models.video_tokenizer import video_tokenizer_preset
 
     try:  # checked here, before any stage starts, with the library's own checks
         preset = video_tokenizer_preset(args.tokenizer_preset)
@@ -128,7 +128,7 @@ def install(exported: Path, video_tokenizer: Path, target: Path) -> None:
     from dataclasses import replace
 
     from tokvid.pipeline import TokVidPipeline
-    from tokvid.video_tokenizer import VideoTokenizer
+    from tokvid.models.video_tokenizer import VideoTokenizer
 
     pipeline = TokVidPipeline.from_pretrained(exported)
     decoder = VideoTokenizer.from_pretrained(video_tokenizer)

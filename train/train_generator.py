@@ -12,7 +12,7 @@ import sys
 
 import deepspeed
 
-from tokvid.training import add_training_arguments, run_script, train_token_generator
+from tokvid.training.engine import add_training_arguments, run_script, train_token_generator
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -841,7 +841,7 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
     from init_from's, since it changes no code.
     """
     from tokvid.datasets import ClipDataset, clip_frame_count
-    from tokvid.video_tokenizer import VideoTokenizer, check_code_noise, video_tokenizer_preset
+    from tokvid.models.video_tokenizer import VideoTokenizer, check_code_noise, video_tokenizer_preset
 
     if decoder_only and init_from is None:
         raise ValueError("--decoder-only needs --init-from: it fine-tunes the decoder of a trained tokenizer")
@@ -894,7 +894,7 @@ def spatial_compression_overrides(preset_config, spatial_compression: int) -> di
     """Config overrides that give `preset_config` another spatial compression: one per-frame level per
     factor of two, each new level twice as wide as the last (as the preset's own levels grow), and fewer
     levels for less compression."""
-    from tokvid.video_tokenizer import frame_levels
+    from tokvid.models.video_tokenizer import frame_levels
 
     levels = frame_levels(spatial_compression, preset_config.stem_patch, "--spatial-compression")
     widths = list(preset_config.frame_channels[:levels])
@@ -907,7 +907,7 @@ def _tokenizer_start_weights(source: str | Path, model_config) -> dict[str, torc
     """The weights of the video tokenizer `source` (a directory or bundled name), checked against the
     configuration this run builds (trainers set vq_sync_codebook, exports clear it; how the decoder is
     trained may change)."""
-    from tokvid.video_tokenizer import DECODER_TRAINING_FIELDS, VideoTokenizer
+    from tokvid.models.video_tokenizer import DECODER_TRAINING_FIELDS, VideoTokenizer
 
     return _checked_start_weights(VideoTokenizer.from_pretrained(source), source, model_config, "tokenizer",
                                   "the --preset, --quantizer, --fsq-levels, --local-codes and --spatial-compression",
@@ -935,12 +935,12 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     `video_tokenizer` (default: the name recorded in the shards) goes into the exported pipeline.
     """
     from tokvid.datasets import TokenChunkDataset, chunk_token_count
-    from tokvid.generator import Generator, generator_config_preset
+    from tokvid.models.generator import Generator, generator_config_preset
     from tokvid.pipeline import save_pipeline
     from tokvid.shards import TokenShards
     from tokvid.story import num_chunks_for_frames
-    from tokvid.text_tokenizer import TextTokenizer, manifest_captions, train_text_tokenizer
-    from tokvid.video_tokenizer import VideoTokenizer
+    from tokvid.models.text_tokenizer import TextTokenizer, manifest_captions, train_text_tokenizer
+    from tokvid.models.video_tokenizer import VideoTokenizer
 
     rank, _ = setup_distributed()
     shards = TokenShards(shards_dir)
@@ -1000,7 +1000,7 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
 
 def _start_generator(source: str | Path) -> nn.Module:
     """The generator in `source` (a generator or pipeline directory) that fine-tuning starts from."""
-    from tokvid.generator import Generator
+    from tokvid.models.generator import Generator
 
     directory = Path(source)
     return Generator.from_pretrained(directory / "generator" if (directory / "generator").is_dir() else directory)
@@ -1009,7 +1009,7 @@ def _start_generator(source: str | Path) -> nn.Module:
 def _generator_start_weights(start: nn.Module, source: str | Path, model_config, seed: int) -> dict:
     """The start generator's weights for the model this run builds; a one-product digit head is widened
     into a digit mixture when the run asks for one."""
-    from tokvid.generator import widen_digit_head
+    from tokvid.models.generator import widen_digit_head
 
     widen = start.config.digit_mixture == 1 and model_config.digit_mixture > 1
     weights = _checked_start_weights(start, source, model_config, "generator",

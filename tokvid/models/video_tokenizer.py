@@ -17,28 +17,33 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-BUNDLED_DIR = Path(__file__).parent / "weights"
+from tokvid.persistence import ArtefactFormat, load_config, load_weights, save_model
+
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 BUNDLED_TOKENIZERS = {"general": "general", "shapes": "shapes/video_tokenizer"}
 QUANTIZERS = ("fsq", "lfq", "vq")
-# Config fields added after the first release, at the values that behave exactly as before they existed.
-# Fingerprints leave them out at those values, so token shards written before a field existed still
-# match the tokenizer that wrote them.
-LATER_FIELDS = {"encoder_spatial_kernel": 3, "clamped_loss": False}
+FORMAT = ArtefactFormat(
+    tag="tokvid-video-tokenizer-v1", what="video tokenizer",
+    later_fields={"clamped_loss": False},
+    # measured and removed (docs/design-notes.md), at the values every saved tokenizer has
+    retired_fields={"encoder_spatial_kernel": 3, "l1_weight": 0.0, "gradient_weight": 0.0})
+# Fingerprints hash the config as it was written when the first shards were made: later fields at their
+# old-behaviour value are left out, and the retired loss weights, always written then, are put back, so
+# token shards keep matching the tokenizer that wrote them.
+FINGERPRINT_RETIRED = {"l1_weight": 0.0, "gradient_weight": 0.0}
 # Settings that change how the decoder is trained, never the codes: codes_fingerprint leaves them out, so a
 # decoder fine-tuned with another setting (freeze_encoder) still decodes the shards its start wrote.
 DECODER_TRAINING_FIELDS = ("clamped_loss",)
 # The modules that turn video into codes. Freezing them (decoder fine-tuning) keeps every code as it was.
 ENCODER_MODULES = ("frame_encoder", "encoder_frame_time", "group_frames", "encoder_blocks", "encoder_out", "quantizer")
-CONFIG_FORMAT = "tokvid-video-tokenizer-v1"
 
 
 @dataclass
@@ -51,10 +56,6 @@ class VideoTokenizerConfig:
     latent_channels: int = 192  # width after temporal compression, where most compute is spent
     latent_blocks: int = 3  # (2+1)D residual blocks at the latent grid
     temporal_kernel: int = 3  # taps of every causal temporal convolution
-    # spatial taps of the encoder's convolutions. 1 = local codes: a token depends on its own patch only
-    # (over time), so an object changes the few tokens it covers, not a wide halo, and an empty patch always
-    # gets one code (README design notes: measured on shapes-v1). The decoder keeps 3x3 context either way.
-    encoder_spatial_kernel: int = 3
     quantizer: str = "fsq"  # "fsq" (no codebook loss, no collapse), "lfq" or "vq" (EMA codebook)
     fsq_levels: tuple[int, ...] = (8, 8, 6, 5, 5)  # FSQ levels per latent channel; vocabulary = their product
     codebook_size: int = 4096  # LFQ (power of two) / VQ vocabulary
@@ -63,11 +64,9 @@ class VideoTokenizerConfig:
     vq_sync_codebook: bool = False  # VQ: all-reduce codebook statistics across ranks (set by trainers)
     lfq_entropy_weight: float = 0.1  # LFQ: entropy aux loss weight
     l2_weight: float = 1.0  # MSE: learns small objects' colours fast (measured: 23.3 dB vs 20.3 dB with L1 terms)
-    l1_weight: float = 0.0  # L1 pulls sparse content toward the median (black background): off by default
-    gradient_weight: float = 0.0  # L1 on spatial/temporal pixel differences (sharper edges on dense footage)
     # losses see the output as decode returns it, clamped to [-1, 1]: overshooting a target at either end
     # costs nothing, so the decoder can push a black background below -1 and draw the edges next to it sharp
-    # (shapes-v1: 32.5 -> 35.3 dB in 3000 decoder-only steps, README design notes)
+    # (shapes-v1: 32.5 -> 35.3 dB in 3000 decoder-only steps, docs/design-notes.md)
     clamped_loss: bool = False
     aux_weight: float = 1.0  # weight of the quantizer's own loss (LFQ entropy, VQ commitment)
 
@@ -87,8 +86,6 @@ class VideoTokenizerConfig:
             raise ValueError("channel widths must be positive and block counts non-negative")
         if self.temporal_kernel < 1:
             raise ValueError(f"temporal_kernel must be >= 1, got {self.temporal_kernel}")
-        if self.encoder_spatial_kernel < 1 or self.encoder_spatial_kernel % 2 == 0:
-            raise ValueError(f"encoder_spatial_kernel must be odd and >= 1 (1 = local codes), got {self.encoder_spatial_kernel}")
         if not isinstance(self.clamped_loss, bool):
             raise ValueError(f"clamped_loss must be true or false, got {self.clamped_loss!r}")
         if self.quantizer not in QUANTIZERS:
@@ -176,10 +173,10 @@ class CausalTemporalConv(nn.Module):
 class FrameResBlock(nn.Module):
     """2D residual block applied to every frame independently."""
 
-    def __init__(self, channels: int, kernel: int = 3):
+    def __init__(self, channels: int):
         super().__init__()
-        self.norm1, self.conv1 = ChannelNorm(channels), nn.Conv2d(channels, channels, kernel, padding="same")
-        self.norm2, self.conv2 = ChannelNorm(channels), nn.Conv2d(channels, channels, kernel, padding="same")
+        self.norm1, self.conv1 = ChannelNorm(channels), nn.Conv2d(channels, channels, 3, padding="same")
+        self.norm2, self.conv2 = ChannelNorm(channels), nn.Conv2d(channels, channels, 3, padding="same")
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W)
         h = self.conv1(F.silu(self.norm1(x)))
@@ -187,12 +184,12 @@ class FrameResBlock(nn.Module):
 
 
 class LatentResBlock(nn.Module):
-    """(2+1)D residual block: a spatial conv (3x3 unless given), then a causal conv over time."""
+    """(2+1)D residual block: a 3x3 spatial conv, then a causal conv over time."""
 
-    def __init__(self, channels: int, temporal_kernel: int, spatial_kernel: int = 3):
+    def __init__(self, channels: int, temporal_kernel: int):
         super().__init__()
         self.norm1 = ChannelNorm(channels)
-        self.spatial = nn.Conv3d(channels, channels, (1, spatial_kernel, spatial_kernel), padding="same")
+        self.spatial = nn.Conv3d(channels, channels, (1, 3, 3), padding="same")
         self.norm2, self.temporal = ChannelNorm(channels), CausalTemporalConv(channels, channels, temporal_kernel)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, t, h, w)
@@ -212,13 +209,13 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, cfg: VideoTokenizerConfig):
         super().__init__()
-        widths, kernel = cfg.frame_channels, cfg.encoder_spatial_kernel
+        widths = cfg.frame_channels
         self.stem = nn.Sequential(nn.PixelUnshuffle(cfg.stem_patch),
-                                  nn.Conv2d(3 * cfg.stem_patch ** 2, widths[0], kernel, padding="same"))
-        layers: list[nn.Module] = [FrameResBlock(widths[0], kernel) for _ in range(cfg.frame_blocks)]
+                                  nn.Conv2d(3 * cfg.stem_patch ** 2, widths[0], 3, padding="same"))
+        layers: list[nn.Module] = [FrameResBlock(widths[0]) for _ in range(cfg.frame_blocks)]
         for narrow, wide in zip(widths[:-1], widths[1:]):
             layers += [nn.PixelUnshuffle(2), nn.Conv2d(4 * narrow, wide, 1)]
-            layers += [FrameResBlock(wide, kernel) for _ in range(cfg.frame_blocks)]
+            layers += [FrameResBlock(wide) for _ in range(cfg.frame_blocks)]
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -303,8 +300,7 @@ class VideoTokenizer(nn.Module):
         self.frame_encoder = FrameEncoder(cfg)
         self.encoder_frame_time = CausalTemporalConv(wide, wide, kernel)
         self.group_frames = nn.Conv3d(wide * tc, lat, 1)
-        self.encoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel, cfg.encoder_spatial_kernel)
-                                              for _ in range(cfg.latent_blocks)])
+        self.encoder_blocks = nn.Sequential(*[LatentResBlock(lat, kernel) for _ in range(cfg.latent_blocks)])
         self.encoder_out = nn.Sequential(ChannelNorm(lat), nn.SiLU(), nn.Conv3d(lat, cfg.code_dim, 1))
         self.quantizer = Quantizer(cfg)
         self.decoder_in = nn.Conv3d(cfg.code_dim, lat, 1)
@@ -452,9 +448,7 @@ class VideoTokenizer(nn.Module):
         error = clamped_error(recon, x) if cfg.clamped_loss else recon - x
         l1 = error.abs().mean()
         l2 = error.pow(2).mean()
-        loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.aux_weight * aux
-        if cfg.gradient_weight:
-            loss = loss + cfg.gradient_weight * difference_loss(recon, x)
+        loss = cfg.l2_weight * l2 + cfg.aux_weight * aux
         usage, perplexity = codebook_stats(codes, self.vocab_size)
         l1, l2, aux_value = float(l1.detach()), float(l2.detach()), float(aux.detach())
         logs = {"recon_l1": l1, "recon_mse": l2, "aux": aux_value, "psnr": psnr_from_mse(l2),
@@ -463,26 +457,15 @@ class VideoTokenizer(nn.Module):
 
     # -- persistence
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"format": CONFIG_FORMAT, **asdict(self.config)}
-        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
+        """Write config.json + model.safetensors into `directory`."""
+        save_model(directory, FORMAT, self.config, self)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu") -> "VideoTokenizer":
         """Load a bundled tokenizer by name ('general', 'shapes') or a directory written by save_pretrained."""
         directory = resolve_pretrained_dir(name_or_dir)
-        config = load_config(directory)
-        model = cls(config)
-        state = load_file(str(directory / "model.safetensors"), device="cpu")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            first_problem = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-            raise ValueError(f"weights in {directory} do not match its config.json or this version of tokvid "
-                             f"({first_problem}); re-export them with the tokvid version that trained them") from None
+        model = cls(load_config(directory, VideoTokenizerConfig, FORMAT, "train one with train/train_tokenizer.py"))
+        load_weights(directory, model, FORMAT)
         return model.to(device).eval()
 
     def fingerprint(self) -> str:
@@ -497,8 +480,8 @@ class VideoTokenizer(nn.Module):
                             leave_out=DECODER_TRAINING_FIELDS)
 
     def _digest(self, named_tensors, leave_out: tuple[str, ...] = ()) -> str:
-        config = {key: value for key, value in asdict(self.config).items()
-                  if LATER_FIELDS.get(key, object()) != value and key not in leave_out}
+        config = {key: value for key, value in {**FINGERPRINT_RETIRED, **asdict(self.config)}.items()
+                  if FORMAT.later_fields.get(key, object()) != value and key not in leave_out}
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         for key, value in sorted(named_tensors, key=lambda item: item[0]):
             digest.update(key.encode())
@@ -521,21 +504,6 @@ def resolve_pretrained_dir(name_or_dir: str | Path) -> Path:
     return directory
 
 
-def load_config(directory: Path) -> VideoTokenizerConfig:
-    try:
-        raw = json.loads((directory / "config.json").read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{directory / 'config.json'} is not valid JSON: {error}") from None
-    if raw.pop("format", None) != CONFIG_FORMAT:
-        raise ValueError(f"{directory / 'config.json'} is not a tokvid video tokenizer config ({CONFIG_FORMAT})")
-    known = {f.name for f in fields(VideoTokenizerConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{directory / 'config.json'} has settings this tokvid version does not know: {unknown}; "
-                         "upgrade tokvid or re-export the tokenizer")
-    return VideoTokenizerConfig(**raw)
-
-
 # ----------------------------------------------------------------------------------------------
 # losses and metrics
 
@@ -547,15 +515,6 @@ def clamped_error(recon: Tensor, target: Tensor) -> Tensor:
     error = recon - target
     error = torch.where(target <= -1, error.clamp(min=0), error)
     return torch.where(target >= 1, error.clamp(max=0), error)
-
-
-def difference_loss(recon: Tensor, target: Tensor) -> Tensor:
-    """L1 between pixel differences along x, y and time: penalises blur and flicker."""
-    loss = recon.new_zeros(())
-    for dim in (3, 4, 2):
-        if target.shape[dim] > 1:
-            loss = loss + (recon.diff(dim=dim) - target.diff(dim=dim)).abs().mean()
-    return loss
 
 
 def check_code_noise(cfg: VideoTokenizerConfig, probability: float, name: str = "code noise") -> None:

@@ -1,0 +1,1 @@
+"""The three models: video tokenizer (video <-> codes), text tokenizer (prompt -> ids), generator (ids -> codes)."""

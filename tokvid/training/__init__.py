@@ -1,0 +1,1 @@
+"""DeepSpeed training: the engine (loop, checkpoints, resume, faults) and what each training adds (trainers)."""
