@@ -5,65 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tokvid.models.generator as generator_module
-from tokvid.models.generator import (LATER_CANDIDATE_UNCOND_WEIGHT, Generator, GeneratorConfig, generator_config_preset,
-                             maskgit_step)
-
-CODEBOOK, TEXT_VOCAB, TEXT_LENGTH, HEIGHT, WIDTH = 16, 12, 5, 2, 4
-
-
-def tiny_config(**overrides) -> GeneratorConfig:
-    settings = dict(codebook_size=CODEBOOK, text_vocab_size=TEXT_VOCAB, text_length=TEXT_LENGTH,
-                    chunk_height=HEIGHT, chunk_width=WIDTH, dim=32, depth=2, heads=2, window_chunks=8)
-    return GeneratorConfig(**{**settings, **overrides})
-
-
-def tiny_model(seed: int = 0, **overrides) -> Generator:
-    torch.manual_seed(seed)
-    model = Generator(tiny_config(**overrides))
-    # Stronger than the 0.02 init so that text and context visibly change the logits in tests.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.mul_(10.0 if parameter.dim() > 1 else 1.0)
-    return model
-
-
-def random_codes(batch: int, chunks: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, CODEBOOK, (batch, chunks, HEIGHT, WIDTH), generator=torch.Generator().manual_seed(seed))
-
-
-def random_text(batch: int, chunks: int, seed: int = 0) -> torch.Tensor:
-    """bos, 1-2 pieces, eos, pads: varying pad counts exercise the key mask."""
-    source = torch.Generator().manual_seed(seed)
-    text = torch.zeros(batch, chunks, TEXT_LENGTH, dtype=torch.long)
-    for b in range(batch):
-        for c in range(chunks):
-            pieces = torch.randint(4, TEXT_VOCAB, (int(torch.randint(1, 3, (1,), generator=source)),), generator=source)
-            text[b, c, : len(pieces) + 2] = torch.cat([torch.tensor([2]), pieces, torch.tensor([3])])
-    return text
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def train_tiny(model: Generator, clips: torch.Tensor, text: torch.Tensor, data: torch.Generator, steps: int) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        loss, _ = model.training_loss(clips, text, generator=data)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+from tiny_generator import (CODEBOOK, HEIGHT, TEXT_LENGTH, TEXT_VOCAB, WIDTH, generate, random_codes,  # noqa: F401
+                            random_text, seeded, tiny_config, tiny_model, train_tiny)
+from tokvid.models.generator import Generator, generator_config_preset
 
 
 # ---- configuration ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides", [
     dict(codebook_size=1), dict(text_length=1), dict(dim=30, heads=4), dict(dim=36, heads=4),
-    dict(window_chunks=0), dict(text_dropout=1.0), dict(clean_context=1), dict(dim=24, heads=2), dict(code_levels=[4, 3]),
+    dict(window_chunks=0), dict(text_dropout=1.0), dict(dim=24, heads=2), dict(code_levels=[4, 3]),
     dict(code_levels=[16, 1]), dict(code_levels=[]), dict(digit_head=True), dict(code_levels=[4, 4], digit_head=1),
-    dict(digit_mixture=2), dict(code_levels=[4, 4], digit_head=True, digit_mixture=0),
-    dict(clean_chunk_prob=-0.1), dict(depth=0),
+    dict(depth=0),
     dict(text_pad_id=2), dict(text_eos_id=TEXT_VOCAB), dict(rope_base=1.0), dict(mlp_ratio=0), dict(dim=32.0),
     dict(token_patch=0), dict(token_patch=4), dict(token_patch=2, chunk_height=3),
 ])
@@ -171,113 +124,9 @@ def test_cache_equals_recompute(window, heads):
     assert (full - cached).abs().max() <= 1e-4
 
 
-def test_generate_matches_a_sampler_without_cache():
-    """generate() (KV cache, sliding window, CFG batched) equals MaskGIT driven by full recompute."""
-    model = tiny_model(window_chunks=2)
-    text, steps, cfg_scale, chunks = random_text(2, 4), 4, 2.5, 4
-    null = model.null_text(2, chunks)
-    noise = seeded(3)
-    decided = torch.zeros(2, 0, HEIGHT, WIDTH, dtype=torch.long)
-    for chunk in range(chunks):
-        tokens = torch.full((2, HEIGHT * WIDTH), CODEBOOK)
-        for step in range(steps):
-            sequence = torch.cat([decided, tokens.view(2, 1, HEIGHT, WIDTH)], dim=1)
-            with torch.no_grad():
-                cond = model(sequence, text[:, : chunk + 1])[:, -1].flatten(1, 2)
-                uncond = model(sequence, null[:, : chunk + 1])[:, -1].flatten(1, 2)
-            tokens = maskgit_step(tokens, uncond + cfg_scale * (cond - uncond), CODEBOOK, step, steps, 1.0, 6,
-                                  "confidence", 4.5, noise)
-        decided = torch.cat([decided, tokens.view(2, 1, HEIGHT, WIDTH)], dim=1)
-    sampled = model.generate(text, steps=steps, cfg_scale=cfg_scale, top_k=6, generator=seeded(3))
-    assert torch.equal(sampled, decided)
-
-
-# ---- sampling --------------------------------------------------------------------------------
-
-def test_generate_is_deterministic_by_seed_and_in_range():
-    model = tiny_model()
-    text = random_text(2, 3)
-    first = model.generate(text, steps=3, generator=seeded(0))
-    again = model.generate(text, steps=3, generator=seeded(0))
-    other = model.generate(text, steps=3, generator=seeded(1))
-    assert first.shape == (2, 3, HEIGHT, WIDTH) and first.dtype == torch.long
-    assert int(first.min()) >= 0 and int(first.max()) < CODEBOOK
-    assert torch.equal(first, again)
-    assert not torch.equal(first, other)
-
-
-def test_cfg_scale_zero_and_one_are_the_single_passes():
-    model = tiny_model()
-    text, negative = random_text(1, 3, seed=1), random_text(1, 3, seed=2)
-    null = model.null_text(1, 3)
-
-    def sample(prompt, scale, **options):
-        return model.generate(prompt, steps=3, cfg_scale=scale, generator=seeded(5), **options)
-
-    assert torch.equal(sample(text, 0.0), sample(null, 1.0))
-    assert torch.equal(sample(text, 0.0, negative_text=negative), sample(negative, 1.0))
-    assert torch.equal(sample(text, 1.0, negative_text=negative), sample(text, 1.0))
-    assert not torch.equal(sample(text, 1.0), sample(null, 1.0))
-
-
-def test_cfg_combines_the_two_streams(monkeypatch):
-    model = tiny_model()
-    text = random_text(1, 1)
-    seen = []
-
-    def recording_step(tokens, logits, *args):
-        seen.append(logits.clone())
-        return maskgit_step(tokens, logits, *args)
-
-    monkeypatch.setattr(generator_module, "maskgit_step", recording_step)
-    model.generate(text, steps=1, cfg_scale=4.0, generator=seeded(0))
-    all_masked = torch.full((1, 1, HEIGHT, WIDTH), CODEBOOK)
-    with torch.no_grad():
-        cond = model(all_masked, text).flatten(1, 3)
-        uncond = model(all_masked, model.null_text(1, 1)).flatten(1, 3)
-    assert torch.allclose(seen[0], uncond + 4.0 * (cond - uncond), atol=1e-4)
-
-
-def test_maskgit_step_follows_cosine_schedule_and_keeps_committed_tokens():
-    tokens = torch.full((2, 12), CODEBOOK)
-    logits = torch.randn(2, 12, CODEBOOK, generator=seeded(0))
-    history = []
-    for step in range(4):
-        previous = tokens
-        tokens = maskgit_step(tokens, logits, CODEBOOK, step, 4, 1.0, None, "random", 4.5, seeded(step))
-        committed = previous != CODEBOOK
-        assert torch.equal(tokens[committed], previous[committed])
-        history.append(int((tokens[0] == CODEBOOK).sum()))
-    assert history == [math.floor(12 * math.cos(math.pi / 2 * s / 4)) for s in (1, 2, 3)] + [0]
-    greedy = maskgit_step(torch.full((2, 12), CODEBOOK), logits, CODEBOOK, 0, 1, 0.0, None, "confidence", 4.5, None)
-    assert torch.equal(greedy, logits.argmax(-1))
-    top1 = maskgit_step(torch.full((2, 12), CODEBOOK), logits, CODEBOOK, 0, 1, 5.0, 1, "confidence", 4.5, seeded(0))
-    assert torch.equal(top1, logits.argmax(-1))
-
-
-def test_orders_differ_and_prime_is_kept():
-    model = tiny_model()
-    text, prime = random_text(2, 5), random_codes(2, 2, seed=7)
-    calls = []
-    confident = model.generate(text, steps=4, prime_codes=prime, generator=seeded(0),
-                               progress=lambda done, total: calls.append((done, total)))
-    randomised = model.generate(text, steps=4, prime_codes=prime, generator=seeded(0), order="random")
-    assert confident.shape == (2, 5, HEIGHT, WIDTH)
-    assert torch.equal(confident[:, :2], prime) and torch.equal(randomised[:, :2], prime)
-    assert not torch.equal(confident[:, 2:], randomised[:, 2:])
-    assert calls == [(3, 5), (4, 5), (5, 5)]
-    assert torch.equal(model.generate(text[:, :2], prime_codes=prime, generator=seeded(0)), prime)
-
-
-def test_long_generation_past_training_length_with_one_prompt():
-    model = tiny_model(window_chunks=3)
-    codes = model.generate(random_text(1, 1)[:, 0], num_chunks=20, steps=2, generator=seeded(0))
-    assert codes.shape == (1, 20, HEIGHT, WIDTH)
-
-
 # ---- training --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [{}, dict(clean_context=False), dict(code_levels=[2, 8]),
+@pytest.mark.parametrize("overrides", [{}, dict(code_levels=[2, 8]),
                                        dict(code_levels=[2, 8], digit_head=True),
                                        dict(code_levels=[2, 8], digit_head=True, token_patch=2)])
 def test_training_loss_gives_every_parameter_a_finite_gradient(overrides):
@@ -307,7 +156,7 @@ def test_training_loss_randomness_comes_only_from_the_generator():
 
 
 def test_padding_chunks_get_no_loss_and_no_influence():
-    model = tiny_model(clean_chunk_prob=0.0)
+    model = tiny_model()
     codes, text = random_codes(2, 4), random_text(2, 4)
     valid = torch.tensor([[True, False, False, False], [True, True, True, False]])
     loss, logs = model.training_loss(codes, text, chunk_valid=valid, generator=seeded(0))
@@ -322,9 +171,8 @@ def test_padding_chunks_get_no_loss_and_no_influence():
     assert 2 <= image_logs["tokens"] <= 2 * HEIGHT * WIDTH
 
 
-@pytest.mark.parametrize("clean_context", [True, False])
-def test_text_dropout_uses_the_null_text(monkeypatch, clean_context):
-    model = tiny_model(text_dropout=0.999, clean_context=clean_context)
+def test_text_dropout_uses_the_null_text(monkeypatch):
+    model = tiny_model(text_dropout=0.999)
     codes, text = random_codes(2, 2), random_text(2, 2)
     seen = []
     original = model.embed.forward
@@ -333,14 +181,14 @@ def test_text_dropout_uses_the_null_text(monkeypatch, clean_context):
     assert seen and all(torch.equal(t, model.null_text(2, 2)[:, :t.shape[1]]) for t in seen)
 
 
-def test_spatial_rotary_scores_depend_on_relative_position_only():
+def test_rotary_scores_depend_on_relative_time_row_and_column_only():
     from tokvid.models.generator import apply_rotary, rotary_cos_sin
 
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
 
     def score(query_at, key_at):
         (tq, rq, cq), (tk, rk, ck) = query_at, key_at
-        cos, sin = rotary_cos_sin(torch.tensor([tq, tk]), 16, 10000.0, torch.tensor([rq, rk]), torch.tensor([cq, ck]))
+        cos, sin = rotary_cos_sin(torch.tensor([tq, tk]), torch.tensor([rq, rk]), torch.tensor([cq, ck]), 16, 10000.0)
         return float((apply_rotary(q, cos[:1], sin[:1]) * apply_rotary(k, cos[1:], sin[1:])).sum())
 
     base = score((3, 2, 5), (2, 1, 4))
@@ -357,15 +205,15 @@ def test_clean_context_training_sees_what_sampling_sees(window, patch):
     hide = torch.rand(clean.shape, generator=seeded(3)) < 0.5
     masked = clean.masked_fill(hide, model.config.mask_id)
     with torch.no_grad():
-        hidden = model._clean_context_hidden(clean.flatten(2), masked.flatten(2), text, window)
+        hidden = model._clean_context_states(clean.flatten(2), masked.flatten(2), text)
         training_logits = model.head(hidden).view(2, 5, HEIGHT, WIDTH, -1)
     for chunk in range(5):
         inputs = torch.cat([clean[:, :chunk], masked[:, chunk:chunk + 1]], dim=1)
         sampling_logits = model.logits_with_cache(inputs, text[:, :chunk + 1])[:, chunk]
         assert torch.allclose(training_logits[:, chunk], sampling_logits, atol=1e-5), chunk
-    # ... and the masked-everywhere mode does not (its context is masked too)
+    # ... and one pass over the masked chunks does not (its context would be masked too)
     with torch.no_grad():
-        masked_context = model.head(model._video_hidden(masked.flatten(2), text, window)).view(2, 5, HEIGHT, WIDTH, -1)
+        masked_context = model.head(model.video_states(masked.flatten(2), text, window)).view(2, 5, HEIGHT, WIDTH, -1)
     assert not torch.allclose(masked_context[:, 1:], training_logits[:, 1:], atol=1e-3)
 
 
@@ -382,7 +230,7 @@ def test_digit_head_is_a_normalised_product_of_digit_distributions():
     assert torch.equal(digit_rows(levels) - first_rows, FSQ(levels).indices_to_level_indices(codes).long())
     model = tiny_model(code_levels=levels, digit_head=True)
     hidden = torch.randn(7, model.config.dim)
-    logits = model._logits(hidden)
+    logits = model.logits(hidden)
     assert logits.shape == (7, CODEBOOK)
     assert torch.allclose(logits.logsumexp(dim=-1), torch.zeros(7), atol=1e-5)
     targets = torch.randint(0, CODEBOOK, (7,), generator=seeded(1))
@@ -393,60 +241,10 @@ def test_digit_head_is_a_normalised_product_of_digit_distributions():
     assert tiny_model(code_levels=levels).head.out_features == CODEBOOK  # digit embedding, one softmax
 
 
-def test_digit_mixture_is_a_normalised_mixture_that_can_bind_digits():
-    """A K-component digit head gives exactly normalised log-probs, its loss is their cross-entropy, and,
-    unlike one product, it can put its mass on two codes that share no digit (0 = (0,0) and 15 = (3,3))
-    without giving the mixed codes (0,3) and (3,0) the same share."""
-    levels = [4, 4]
-    model = tiny_model(code_levels=levels, digit_head=True, digit_mixture=3)
-    assert model.head.out_features == 3 * sum(levels) + 3
-    hidden = torch.randn(7, model.config.dim)
-    logits = model._logits(hidden)
-    assert torch.allclose(logits.logsumexp(dim=-1), torch.zeros(7), atol=1e-5)
-    targets = torch.randint(0, CODEBOOK, (7,), generator=seeded(1))
-    loss, predicted = model._cross_entropy(hidden, targets)
-    assert torch.allclose(loss, F.cross_entropy(logits, targets, reduction="none"), atol=1e-5)
-    assert predicted.shape == targets.shape
-
-    def fitted_probs(components: int) -> torch.Tensor:
-        torch.manual_seed(0)
-        fitted = Generator(tiny_config(code_levels=levels, digit_head=True, digit_mixture=components))
-        state = torch.randn(1, fitted.config.dim)
-        optimizer = torch.optim.SGD(fitted.head.parameters(), lr=0.02)
-        two_codes = torch.tensor([0, 15]).repeat(8)
-        for _ in range(1500):  # the components start alike; they take a while to part
-            optimizer.zero_grad()
-            fitted._cross_entropy(state.expand(16, -1), two_codes)[0].mean().backward()
-            optimizer.step()
-        return fitted._logits(state)[0].exp().detach()
-
-    mixture, product = fitted_probs(2), fitted_probs(1)
-    assert mixture[0] + mixture[15] > 0.95 and mixture[3] + mixture[12] < 0.05
-    assert product[0] + product[15] < 0.55 and product[3] + product[12] > 0.45  # a product must mix the digits
-
-
-def test_widened_digit_head_starts_near_its_one_product_start():
-    from tokvid.models.generator import widen_digit_head
-
-    levels = [4, 4]
-    start = tiny_model(code_levels=levels, digit_head=True)
-    widened = tiny_model(code_levels=levels, digit_head=True, digit_mixture=4)
-    state = start.state_dict()
-    state["head.weight"] = widen_digit_head(state["head.weight"], 4, seed=3)
-    widened.load_state_dict(state)
-    assert torch.equal(state["head.weight"], widen_digit_head(start.head.weight, 4, seed=3))  # same on every rank
-    hidden = torch.randn(5, start.config.dim)
-    start_probs, widened_probs = start._logits(hidden).exp(), widened._logits(hidden).exp().detach()
-    assert (start_probs - widened_probs).abs().sum(dim=-1).max() < 0.5  # close, but ...
-    assert not torch.allclose(start_probs, widened_probs, atol=1e-4)  # ... nudged apart, so components can part
-    with pytest.raises(ValueError, match="components >= 2"):
-        widen_digit_head(start.head.weight, 1)
-
-
 @pytest.mark.parametrize("patch", [1, 2])
 def test_tiny_training_run_learns_far_above_chance(patch):
     torch.manual_seed(0)
-    model = Generator(tiny_config(window_chunks=2, clean_chunk_prob=0.25, token_patch=patch))
+    model = Generator(tiny_config(window_chunks=2, token_patch=patch))
     data = seeded(0)
     patterns = torch.randint(0, CODEBOOK, (4, HEIGHT, WIDTH), generator=data)
     clips = torch.stack([(patterns[k] + torch.arange(4)[:, None, None]) % CODEBOOK for k in range(4)])
@@ -457,115 +255,9 @@ def test_tiny_training_run_learns_far_above_chance(patch):
     assert accuracy > 6 / CODEBOOK  # chance is 1/16
 
 
-def test_first_chunk_candidates_keep_the_most_prompt_specific_first_chunk_and_sample_later_chunks_once(monkeypatch):
-    model = tiny_model()
-    text = random_text(2, 3)
-    candidates = [random_codes(2, 1, seed=s)[:, 0].flatten(1) for s in (1, 2, 3)]
-    later = random_codes(2, 1, seed=9)[:, 0].flatten(1)
-    calls = []
-
-    def prescribed(chunk_index, stream_text, cache, num_streams, batch, *args, **kwargs):
-        calls.append((chunk_index, batch))
-        return torch.cat(candidates) if chunk_index == 0 else later  # candidates come as one batch
-
-    monkeypatch.setattr(model, "_sample_chunk", prescribed)
-    codes = model.generate(text, steps=2, first_chunk_candidates=3, generator=seeded(0))
-    assert calls == [(0, 6), (1, 2), (2, 2)]
-    null = model.null_text(2, 1)[:, 0]
-    with torch.no_grad():
-        scores = torch.stack([model.first_chunk_log_likelihood(candidate, text[:, 0])
-                              - model.first_chunk_log_likelihood(candidate, null) for candidate in candidates])
-    assert scores.unique().numel() == scores.numel()  # the choice is not a tie
-    for row, best in enumerate(scores.argmax(dim=0).tolist()):
-        assert torch.equal(codes[row, 0].flatten(), candidates[best][row])
-        assert all(torch.equal(codes[row, chunk].flatten(), later[row]) for chunk in (1, 2))
-
-
-def recomputed_chunk_log_likelihood(model, past, chunk, text):
-    """Summed checkerboard log-probability (B,) of chunk (B, N) after decided past chunks (B, c, N) under text
-    (B, c+1, L), from full forward passes (the other route to what the cache path computes)."""
-    rows = torch.arange(HEIGHT)[:, None]
-    cols = torch.arange(WIDTH)[None, :]
-    black = ((rows + cols) % 2 == 0).flatten()
-    total = torch.zeros(chunk.shape[0])
-    for hidden_half in (black, ~black):
-        sequence = torch.cat([past, chunk.masked_fill(hidden_half, model.config.mask_id)[:, None]], dim=1)
-        logits = model(sequence.view(chunk.shape[0], -1, HEIGHT, WIDTH), text)[:, -1].flatten(1, 2)
-        log_probs = logits.log_softmax(dim=-1).gather(-1, chunk[..., None])[..., 0]
-        total += (log_probs * hidden_half).sum(dim=-1)
-    return total
-
-
-@pytest.mark.parametrize("negative", [False, True])
-def test_later_chunk_candidates_keep_the_one_the_prompt_explains_given_the_past(monkeypatch, negative):
-    model = tiny_model(window_chunks=3)
-    text = random_text(2, 3)
-    uncond = random_text(2, 3, seed=5) if negative else model.null_text(2, 3)
-    first = random_codes(2, 1, seed=4)[:, 0].flatten(1)
-    candidates = {chunk: [random_codes(2, 1, seed=10 * chunk + s)[:, 0].flatten(1) for s in range(3)]
-                  for chunk in (1, 2)}
-    calls = []
-
-    def prescribed(chunk_index, stream_text, cache, num_streams, batch, *args, **kwargs):
-        calls.append((chunk_index, batch))
-        return first if chunk_index == 0 else torch.cat(candidates[chunk_index])
-
-    monkeypatch.setattr(model, "_sample_chunk", prescribed)
-    codes = model.generate(text, steps=2, cfg_scale=2.0, later_chunk_candidates=3,
-                           negative_text=uncond if negative else None).flatten(2)
-    assert calls == [(0, 2), (1, 6), (2, 6)]
-    assert torch.equal(codes[:, 0], first)
-    with torch.no_grad():
-        for chunk in (1, 2):
-            past = codes[:, :chunk]
-            scores = torch.stack([recomputed_chunk_log_likelihood(model, past, candidate, text[:, :chunk + 1])
-                                  - LATER_CANDIDATE_UNCOND_WEIGHT
-                                  * recomputed_chunk_log_likelihood(model, past, candidate, uncond[:, :chunk + 1])
-                                  for candidate in candidates[chunk]])
-            assert scores.unique().numel() == scores.numel()  # the choice is not a tie
-            for row, best in enumerate(scores.argmax(dim=0).tolist()):
-                assert torch.equal(codes[row, chunk], candidates[chunk][best][row])
-
-
-@pytest.mark.parametrize("patch", [1, 2])
-def test_chunk_log_likelihood_prefers_the_first_chunk_a_tiny_model_learned(patch):
-    torch.manual_seed(0)
-    model = Generator(tiny_config(window_chunks=1, token_patch=patch))
-    data = seeded(0)
-    patterns = torch.randint(0, CODEBOOK, (4, 1, HEIGHT, WIDTH), generator=data)
-    text = torch.tensor([[2, 4 + k, 3, 0, 0] for k in range(4)])[:, None]
-    train_tiny(model, patterns, text, data, steps=150)
-    with torch.no_grad():
-        learned = model.first_chunk_log_likelihood(patterns.flatten(1), text[:, 0])
-        other = model.first_chunk_log_likelihood(patterns.roll(1, dims=0).flatten(1), text[:, 0])  # another prompt's
-    assert (learned > other).all() and (learned <= 0).all()
-
-
-def test_first_chunk_choice_prefers_what_the_prompt_explains_over_the_commonest_chunk(monkeypatch):
-    """Half of every prompt's clips show one common chunk, half a chunk of that prompt's own: the common
-    one is as likely or likelier under the prompt, but only the prompt's own gains from it over the empty
-    prompt."""
-    torch.manual_seed(0)
-    model = Generator(tiny_config(window_chunks=1))
-    data = seeded(0)
-    own = torch.randint(0, CODEBOOK, (4, 1, HEIGHT, WIDTH), generator=data)
-    common = torch.randint(0, CODEBOOK, (1, 1, HEIGHT, WIDTH), generator=data).expand(4, -1, -1, -1)
-    text = torch.tensor([[2, 4 + k, 3, 0, 0] for k in range(4)])[:, None]
-    train_tiny(model, torch.cat([own, common]), text.repeat(2, 1, 1), data, steps=200)
-    candidates = torch.cat([common[:, 0].flatten(1), own[:, 0].flatten(1)])  # sampled as one batch
-    monkeypatch.setattr(model, "_sample_chunk", lambda *args, **kwargs: candidates)
-    with torch.no_grad():
-        chosen = model.generate(text[:, 0], num_chunks=1, first_chunk_candidates=2)
-        gain = model.first_chunk_log_likelihood(common[:, 0].flatten(1), text[:, 0]) \
-            - model.first_chunk_log_likelihood(own[:, 0].flatten(1), text[:, 0])
-    assert torch.equal(chosen, own)
-    assert (gain > 0).any()  # the likelihood under the prompt alone would have kept the common chunk
-
-
 # ---- persistence -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("heads", [{}, dict(code_levels=[4, 4]), dict(code_levels=[4, 4], digit_head=True),
-                                   dict(code_levels=[4, 4], digit_head=True, digit_mixture=3),
                                    dict(code_levels=[4, 4], digit_head=True, token_patch=2)])
 def test_save_load_reproduces_samples(tmp_path, heads):
     model = tiny_model(window_chunks=2, **heads)
@@ -573,27 +265,7 @@ def test_save_load_reproduces_samples(tmp_path, heads):
     model.save_pretrained(tmp_path / "gen")
     loaded = Generator.from_pretrained(tmp_path / "gen")
     assert loaded.config == model.config and loaded.num_parameters() == model.num_parameters()
-    assert torch.equal(model.generate(text, steps=3, generator=seeded(4)), loaded.generate(text, steps=3, generator=seeded(4)))
-
-
-def test_sampling_draws_only_codes_the_training_data_has():
-    """code_counts (recorded by training) limits what generate draws to codes seen min_code_count times;
-    0, or a generator whose counts were never recorded, draws from every code."""
-    model = tiny_model()
-    text = random_text(2, 3)
-
-    def drawn(**options) -> set[int]:
-        return set(model.generate(text, steps=2, temperature=2.0, generator=seeded(1), **options).flatten().tolist())
-
-    everything = drawn()  # nothing recorded: every code may come out
-    assert len(everything) > 8
-    counts = torch.zeros(CODEBOOK, dtype=torch.long)
-    counts[[1, 4, 9, 12]] = torch.tensor([1, 5, 5, 20])
-    model.code_counts.copy_(counts)
-    assert drawn() <= {1, 4, 9, 12} and drawn(min_code_count=5) <= {4, 9, 12} and drawn(min_code_count=20) == {12}
-    assert drawn(min_code_count=0) == everything  # the restriction is the only change
-    with pytest.raises(ValueError, match="excludes every code"):
-        model.generate(text, min_code_count=21)
+    assert torch.equal(generate(model, text, steps=3, generator=seeded(4)), generate(loaded, text, steps=3, generator=seeded(4)))
 
 
 def test_code_counts_survive_save_and_load_and_old_files_load_without_them(tmp_path):
@@ -609,12 +281,12 @@ def test_code_counts_survive_save_and_load_and_old_files_load_without_them(tmp_p
     loaded = Generator.from_pretrained(tmp_path / "gen")
     assert not loaded.code_counts.any()
     text = random_text(1, 2)
-    assert torch.equal(loaded.generate(text, steps=2, generator=seeded(0)),
-                       loaded.generate(text, steps=2, generator=seeded(0), min_code_count=0))
+    assert torch.equal(generate(loaded, text, steps=2, generator=seeded(0)),
+                       generate(loaded, text, steps=2, generator=seeded(0), min_code_count=0))
 
 
 def test_load_rejects_missing_foreign_and_mismatched_dirs(tmp_path):
-    with pytest.raises(ValueError, match="not a generator directory"):
+    with pytest.raises(ValueError, match="is not a generator directory"):
         Generator.from_pretrained(tmp_path / "nothing")
     model = tiny_model()
     model.save_pretrained(tmp_path / "gen")
@@ -623,23 +295,31 @@ def test_load_rejects_missing_foreign_and_mismatched_dirs(tmp_path):
     config_path.write_text(json.dumps({**config, "bogus_field": 1}))
     with pytest.raises(ValueError, match="bogus_field"):
         Generator.from_pretrained(tmp_path / "gen")
-    config_path.write_text(json.dumps({**config, "model_type": "video_tokenizer"}))
+    config_path.write_text(json.dumps({**config, "format": "tokvid-video-tokenizer-v1"}))
     with pytest.raises(ValueError, match="not a generator"):
         Generator.from_pretrained(tmp_path / "gen")
     config_path.write_text(json.dumps({**config, "dim": 64}))
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="do not fit"):
         Generator.from_pretrained(tmp_path / "gen")
 
 
-def test_a_config_saved_before_later_fields_loads_with_their_old_behaviour(tmp_path):
+def test_a_config_saved_by_an_older_release_loads_with_its_old_behaviour(tmp_path):
+    """As the bundled generator was written: tagged with model_type, without token_patch, with the since
+    retired fields at the values kept; a retired field at another value is refused."""
     model = tiny_model(code_levels=[4, 4], digit_head=True)
     model.save_pretrained(tmp_path / "gen")
     config_path = tmp_path / "gen" / "config.json"
     config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({key: value for key, value in config.items()
-                                       if key not in generator_module.LATER_FIELDS}))
+    del config["format"], config["token_patch"]
+    config.update(model_type="tokvid_generator", spatial_rotary=True, clean_context=True, clean_chunk_prob=0.25,
+                  digit_mixture=1)
+    config_path.write_text(json.dumps(config))
     loaded = Generator.from_pretrained(tmp_path / "gen")
-    assert loaded.config == model.config and loaded.config.digit_mixture == 1 and loaded.config.token_patch == 1
+    assert loaded.config == model.config and loaded.config.token_patch == 1
+    for field, value in (("digit_mixture", 3), ("clean_context", False), ("spatial_rotary", False)):
+        config_path.write_text(json.dumps({**config, field: value}))
+        with pytest.raises(ValueError, match=f"{field}, an option retired"):
+            Generator.from_pretrained(tmp_path / "gen")
 
 
 # ---- bad input -------------------------------------------------------------------------------
@@ -660,39 +340,8 @@ def test_bad_inputs_raise_value_error():
         lambda: model.training_loss(codes, text, chunk_valid=torch.tensor([True, True])),
         lambda: model(codes + CODEBOOK + 1, text),                            # beyond the mask id
         lambda: model(codes[0], text),
-        lambda: model.generate(text, steps=0),
-        lambda: model.generate(text, cfg_scale=-1.0),
-        lambda: model.generate(text, temperature=-0.5),
-        lambda: model.generate(text, top_k=0),
-        lambda: model.generate(text, order="halton"),
-        lambda: model.generate(text, window_chunks=0),
-        lambda: model.generate(text, num_chunks=0),
-        lambda: model.generate(text, num_chunks=3),                           # (B,n,L) with n != num_chunks
-        lambda: model.generate(text[:, 0]),                                   # (B,L) without num_chunks
-        lambda: model.generate(text, negative_text=text[..., :2]),
-        lambda: model.generate(text, prime_codes=random_codes(1, 3)),         # more prime than chunks
-        lambda: model.generate(text, prime_codes=random_codes(2, 1)),         # batch mismatch
-        lambda: model.generate(text, prime_codes=codes + CODEBOOK),           # mask id not a code
-        lambda: model.generate(text, first_chunk_candidates=0),
-        lambda: model.generate(text, first_chunk_candidates=2.0),
-        lambda: model.generate(text, later_chunk_candidates=0),
-        lambda: model.generate(text, later_chunk_candidates=2, cfg_scale=1.0),  # needs both guidance streams
-        lambda: model.generate(text, later_chunk_candidates=2, cfg_scale=0),
-        lambda: model.generate(text, min_code_count=-1),
-        lambda: model.generate(text, min_code_count=1.5),
     ]
     for number, call in enumerate(bad_calls):
         with pytest.raises(ValueError):
             call()
             pytest.fail(f"bad call {number} did not raise")
-
-
-@pytest.mark.parametrize("candidates", [{}, dict(first_chunk_candidates=3, later_chunk_candidates=2)])
-def test_sampling_without_cache_gives_the_same_codes(candidates):
-    torch.manual_seed(0)
-    model = Generator(tiny_config(window_chunks=3)).eval()
-    text = torch.randint(4, TEXT_VOCAB, (2, 5, TEXT_LENGTH))
-    kwargs = dict(num_chunks=5, steps=3, cfg_scale=2.0, temperature=1.0, **candidates)
-    cached = model.generate(text, generator=torch.Generator().manual_seed(7), **kwargs)
-    recomputed = model.generate(text, generator=torch.Generator().manual_seed(7), use_cache=False, **kwargs)
-    assert torch.equal(cached, recomputed)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokvid.pipeline import SamplingSettings, TokVidPipeline
+from tokvid.pipeline import TokVidPipeline
+from tokvid.sampling import SamplingConfig
 from tokvid.video_io import frames_to_tensor, tensor_to_frames
 from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
@@ -31,20 +32,21 @@ def test_story_has_sum_plus_leading_frame_and_is_deterministic(pipe):
     assert not np.array_equal(a.codes, pipe.story(story, seed=1).codes)
 
 
-def spy_on_generate(pipe, monkeypatch) -> dict:
-    """Swap the pipeline's generator.generate for one that records its last arguments and returns blank codes."""
+def spy_on_sample(monkeypatch) -> dict:
+    """Swap the pipeline's sampler for one that records its last arguments (the SamplingConfig's fields
+    spread out) and returns blank codes."""
     seen = {}
 
-    def spy(text, **kwargs):
-        seen.update(kwargs, text=text)
-        return torch.zeros((1, kwargs["num_chunks"], 8, 8), dtype=torch.long)
+    def spy(model, text, num_chunks, *, config, **kwargs):
+        seen.update(kwargs, **vars(config), text=text)
+        return torch.zeros((1, num_chunks, 8, 8), dtype=torch.long)
 
-    monkeypatch.setattr(pipe.generator, "generate", spy)
+    monkeypatch.setattr("tokvid.pipeline.sample", spy)
     return seen
 
 
 def test_story_prompts_reach_their_chunks(pipe, monkeypatch):
-    seen = spy_on_generate(pipe, monkeypatch)
+    seen = spy_on_sample(monkeypatch)
     pipe.story([("a red circle moves right", 8), ("a red circle moves down", 8)], seed=0)
     first, second = pipe.text_tokenizer.batch(["a red circle moves right", "a red circle moves down"],
                                               pipe.generator.config.text_length)
@@ -54,31 +56,39 @@ def test_story_prompts_reach_their_chunks(pipe, monkeypatch):
     assert all(torch.equal(text[i], second) for i in (3, 4))
 
 
-def test_sampling_settings_reach_the_generator(pipe, monkeypatch):
-    seen = spy_on_generate(pipe, monkeypatch)
+def test_sampling_options_reach_the_sampler(pipe, monkeypatch):
+    seen = spy_on_sample(monkeypatch)
     pipe("a red circle moves right", num_frames=9, seed=0)
-    assert {name: seen[name] for name in ("first_chunk_candidates", "later_chunk_candidates", "min_code_count")} \
-        == {name: getattr(pipe.defaults, name) for name in ("first_chunk_candidates", "later_chunk_candidates",
-                                                            "min_code_count")}
-    pipe("a red circle moves right", num_frames=9, seed=0, first_chunk_candidates=5, later_chunk_candidates=3,
-         min_code_count=0, steps=2)
-    assert (seen["first_chunk_candidates"], seen["later_chunk_candidates"], seen["min_code_count"], seen["steps"]) \
-        == (5, 3, 0, 2)
+    assert {name: seen[name] for name in ("first_chunk_candidates", "min_code_count", "steps")} \
+        == {name: getattr(pipe.sampling, name) for name in ("first_chunk_candidates", "min_code_count", "steps")}
+    pipe("a red circle moves right", num_frames=9, seed=0, first_chunk_candidates=5, min_code_count=0, steps=3)
+    assert (seen["first_chunk_candidates"], seen["min_code_count"], seen["steps"]) == (5, 0, 3)
 
 
-def test_a_single_guidance_stream_samples_later_chunks_once_unless_asked_otherwise(pipe, monkeypatch):
-    chosen = TokVidPipeline(pipe.generator, pipe.text_tokenizer, pipe.video_tokenizer,
-                            defaults=SamplingSettings(cfg_scale=3.0, later_chunk_candidates=3))
-    seen = spy_on_generate(pipe, monkeypatch)  # the same generator object as chosen's
-    chosen("a red circle moves right", num_frames=9)
-    assert seen["later_chunk_candidates"] == 3
-    for scale in (0, 1):  # the default's candidates need both streams, so they give way
-        chosen("a red circle moves right", num_frames=9, cfg_scale=scale)
-        assert (seen["cfg_scale"], seen["later_chunk_candidates"]) == (scale, 1)
-    with pytest.raises(ValueError, match="both guidance streams"):  # asked for explicitly, they do not
-        chosen("a red circle moves right", num_frames=9, cfg_scale=1, later_chunk_candidates=2)
-    with pytest.raises(ValueError, match="both guidance streams"):
-        SamplingSettings(cfg_scale=1, later_chunk_candidates=2)
+def test_a_pipeline_states_every_sampling_option_and_overrides_the_defaults(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    written = json.loads((tmp_path / "saved" / "pipeline.json").read_text())["defaults"]
+    assert written.keys() == {f for f in vars(SamplingConfig())} and written["steps"] == 2 != SamplingConfig().steps
+    del written["steps"]  # an option a pipeline does not state takes SamplingConfig's default
+    settings = json.loads((tmp_path / "saved" / "pipeline.json").read_text())
+    settings["defaults"] = written
+    (tmp_path / "saved" / "pipeline.json").write_text(json.dumps(settings))
+    assert TokVidPipeline.from_pretrained(tmp_path / "saved").sampling.steps == SamplingConfig().steps
+
+
+@pytest.mark.parametrize("retired, value, loads", [("order", "confidence", True), ("order", "random", False),
+                                                    ("later_chunk_candidates", 1, True),
+                                                    ("later_chunk_candidates", 4, False)])
+def test_pipelines_saved_with_a_retired_option_load_only_at_its_kept_value(pipe, tmp_path, retired, value, loads):
+    pipe.save_pretrained(tmp_path / "old")
+    settings = json.loads((tmp_path / "old" / "pipeline.json").read_text())
+    settings["defaults"][retired] = value
+    (tmp_path / "old" / "pipeline.json").write_text(json.dumps(settings))
+    if loads:
+        assert TokVidPipeline.from_pretrained(tmp_path / "old").sampling == pipe.sampling
+    else:
+        with pytest.raises(ValueError, match=f"{retired}, an option retired"):
+            TokVidPipeline.from_pretrained(tmp_path / "old")
 
 
 def test_whole_numbers_saved_as_floats_load_as_ints(pipe, tmp_path, monkeypatch):
@@ -87,13 +97,13 @@ def test_whole_numbers_saved_as_floats_load_as_ints(pipe, tmp_path, monkeypatch)
     settings["defaults"].update(steps=2.0, top_k=50.0, first_chunk_candidates=2.0, min_code_count=0.0)
     (tmp_path / "floats" / "pipeline.json").write_text(json.dumps(settings))
     loaded = TokVidPipeline.from_pretrained(tmp_path / "floats")
-    seen = spy_on_generate(loaded, monkeypatch)
+    seen = spy_on_sample(monkeypatch)
     loaded("a red circle moves right", num_frames=9)
     assert [(seen[name], type(seen[name])) for name in ("steps", "top_k", "first_chunk_candidates", "min_code_count")] \
         == [(2, int), (50, int), (2, int), (0, int)]
     for name, value in (("steps", 2.5), ("top_k", 0.5), ("window_chunks", 1.5), ("min_code_count", -1.0)):
         with pytest.raises(ValueError, match=name):
-            SamplingSettings(**{name: value})
+            SamplingConfig(**{name: value})
 
 
 def test_prime_frames_continue_a_video(pipe):
@@ -107,7 +117,7 @@ def test_prime_frames_continue_a_video(pipe):
 
 def test_redraw_first_frame_codes_the_second_frame_as_the_first(pipe):
     story = [("a red circle moves right", 8), ("a red circle moves down", 8)]
-    drawn = pipe.story(story, seed=4)
+    drawn = pipe.story(story, seed=4, redraw_first_frame=False)
     redrawn = pipe.story(story, seed=4, redraw_first_frame=True)
     second = frames_to_tensor(drawn.frames[1:2])[None]
     assert torch.equal(redrawn.codes[:1], pipe.video_tokenizer.encode(second)[0])
@@ -117,15 +127,15 @@ def test_redraw_first_frame_codes_the_second_frame_as_the_first(pipe):
 
 
 def test_redraw_first_frame_leaves_images_and_primed_videos_alone(pipe):
-    image = pipe("a blue square stays still", num_frames=1, seed=2)
+    image = pipe("a blue square stays still", num_frames=1, seed=2, redraw_first_frame=False)
     assert np.array_equal(image.frames, pipe("a blue square stays still", num_frames=1, seed=2,
                                              redraw_first_frame=True).frames)
     prime = pipe("a blue square stays still", num_frames=5, seed=3).frames  # the user's first frame stays theirs
-    kept = pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime)
+    kept = pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime, redraw_first_frame=False)
     assert np.array_equal(kept.frames, pipe("a blue square moves left", num_frames=9, seed=0, prime_frames=prime,
                                             redraw_first_frame=True).frames)
     with pytest.raises(ValueError, match="redraw_first_frame"):
-        SamplingSettings(redraw_first_frame=1)
+        SamplingConfig(redraw_first_frame=1)
 
 
 @pytest.mark.parametrize("call", [
@@ -137,11 +147,10 @@ def test_redraw_first_frame_leaves_images_and_primed_videos_alone(pipe):
     lambda p: p("", num_frames=9),
     lambda p: p("a red circle moves right", num_frames=9, steps=0),
     lambda p: p("a red circle moves right", num_frames=9, cfg_scale=-1),
-    lambda p: p("a red circle moves right", num_frames=9, order="sideways"),
+    lambda p: p("a red circle moves right", num_frames=9, order="confidence"),  # retired: an unknown option
     lambda p: p("a red circle moves right", num_frames=9, first_chunk_candidates=0),
     lambda p: p("a red circle moves right", num_frames=9, first_chunk_candidates=1.5),
-    lambda p: p("a red circle moves right", num_frames=9, later_chunk_candidates=0),
-    lambda p: p("a red circle moves right", num_frames=9, later_chunk_candidates=2, cfg_scale=1),
+    lambda p: p("a red circle moves right", num_frames=9, temperature=float("nan")),
     lambda p: p("a red circle moves right", num_frames=9, min_code_count=-1),
 ])
 def test_bad_input_raises_value_error(pipe, call):
@@ -154,7 +163,7 @@ def test_save_load_gives_identical_samples(pipe, tmp_path):
     again = TokVidPipeline.from_pretrained(tmp_path / "again")
     story = [("a green triangle moves up", 8)]
     assert np.array_equal(again.story(story, seed=5).frames, pipe.story(story, seed=5).frames)
-    assert again.defaults == pipe.defaults
+    assert again.sampling == pipe.sampling
 
 
 def test_unknown_model_name_raises_value_error(tmp_path):
@@ -200,10 +209,12 @@ def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path
 def test_cli_redraw_first_frame_flag_overrides_the_model(tiny_pipeline_dir, tmp_path, monkeypatch):
     from tokvid.cli import generate_main
 
+    import tokvid.pipeline
+
     redraws = []
-    real = TokVidPipeline._redraw_first_latent
-    monkeypatch.setattr(TokVidPipeline, "_redraw_first_latent",
-                        lambda self, codes: redraws.append(1) or real(self, codes))
+    real = tokvid.pipeline.redraw_first_latent
+    monkeypatch.setattr(tokvid.pipeline, "redraw_first_latent",
+                        lambda codes, video_tokenizer: redraws.append(1) or real(codes, video_tokenizer))
     for flag, expected in (([], 0), (["--redraw-first-frame"], 1), (["--no-redraw-first-frame"], 0)):
         redraws.clear()
         generate_main(["generate", "--prompt", "a red circle moves right", "--num-frames", "9",

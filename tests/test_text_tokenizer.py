@@ -91,7 +91,7 @@ def test_load_rejects_missing_and_foreign_dirs(tmp_path):
     foreign.mkdir()
     (foreign / "text_tokenizer.model").write_bytes(b"x")
     (foreign / "config.json").write_text(json.dumps({"model_type": "tokvid_generator"}))
-    with pytest.raises(ValueError, match="does not describe a text tokenizer"):
+    with pytest.raises(ValueError, match="is not a text tokenizer"):
         TextTokenizer.from_pretrained(foreign)
 
 

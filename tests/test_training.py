@@ -14,9 +14,12 @@ from tokvid.datasets import epoch_permutation
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from tokvid.training.engine import (COMPLETE_MARKER, TrainingConfig, TrainingStopped, build_ds_config,  # noqa: E402
-                             complete_checkpoints, enable_activation_checkpointing, load_ds_config,
-                             prune_checkpoints, resolve_resume, run_training, warmup_cosine)
+from faults import inject_faults  # noqa: E402
+from tokvid.training.checkpoints import (COMPLETE_MARKER, complete_checkpoints, prune_checkpoints,  # noqa: E402
+                                         resolve_resume)
+from tokvid.training.distributed import build_ds_config, load_ds_config  # noqa: E402
+from tokvid.training.engine import (TrainingConfig, TrainingStopped, enable_activation_checkpointing,  # noqa: E402
+                                    run_training, warmup_cosine)
 
 DS_CONFIG = {"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0, "steps_per_print": 1000}
 
@@ -134,8 +137,8 @@ def test_a_crashed_run_truncates_metrics_and_resumes_from_the_last_checkpoint(tm
 @pytest.mark.parametrize("zero_stage", [1, 2, 3])
 def test_non_finite_loss_and_gradient_steps_are_skipped_and_counted(tmp_path, zero_stage):
     # fp32 ZeRO-1/2/3 all treat a non-finite gradient norm as an overflow: was_step_applied() is False
-    result, exported = train(tmp_path, steps=6, inject_nan_loss_at_step=2, inject_nan_grad_at_step=4,
-                             zero_stage=zero_stage)
+    with inject_faults(nan_loss_at=2, nan_grad_at=4):
+        result, exported = train(tmp_path, steps=6, zero_stage=zero_stage)
     records = metrics(tmp_path)
     assert [r["skipped"] for r in records] == [0, 1, 0, 1, 0, 0]
     assert records[1]["skip_reason"] == "loss" and records[3]["skip_reason"] == "grad_norm"
@@ -253,7 +256,7 @@ def test_activation_checkpointing_keeps_outputs_and_gradients():
 
 
 def test_spatial_compression_adds_or_drops_per_frame_levels():
-    from tokvid.training.engine import spatial_compression_overrides
+    from tokvid.training.trainers import spatial_compression_overrides
     from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
     tiny = video_tokenizer_preset("tiny")  # 8x: widths (8, 16) after a 4x stem
@@ -382,7 +385,7 @@ def test_recipe_install_ships_the_runs_decoder_and_refuses_one_with_other_codes(
     recipe.install(tiny_pipeline_dir, tmp_path / "decoder", tmp_path / "bundle")
     installed = TokVidPipeline.from_pretrained(tmp_path / "bundle")
     assert installed.video_tokenizer.fingerprint() == sharper.fingerprint() != exported.fingerprint()
-    assert {key: getattr(installed.defaults, key) for key in recipe.SAMPLING_DEFAULTS} == recipe.SAMPLING_DEFAULTS
+    assert installed.sampling == TokVidPipeline.from_pretrained(tiny_pipeline_dir).sampling  # as exported
     torch.manual_seed(1)
     VideoTokenizer(exported.config).save_pretrained(tmp_path / "other")
     with pytest.raises(SystemExit, match="makes other codes"):

@@ -84,7 +84,7 @@ def test_config_mismatch_fails_clearly(tok, tmp_path):
     config.pop("wavelet_levels")
     config["latent_channels"] = 24
     (tmp_path / "tok" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="do not fit"):
         VideoTokenizer.from_pretrained(tmp_path / "tok")
 
 
@@ -114,29 +114,9 @@ def test_bad_codes_raise_value_error(tok):
         tok.decode(torch.zeros(1, 2, 4, 4))
 
 
-@pytest.mark.parametrize("kernel, only_own_patch", [(1, True), (3, False)])
-def test_local_codes_change_only_where_the_picture_changes(kernel, only_own_patch):
-    tok = tiny(encoder_spatial_kernel=kernel)
-    x = random_video(9, 32, 32)
-    y = x.clone()
-    y[:, :, :, 10:14, 18:22] = 1.0  # inside the 8x8 patch at token row 1, column 2
-    changed = (tok.encode(x) != tok.encode(y)).any(dim=1)[0]
-    assert changed[1, 2]
-    outside = changed.clone()
-    outside[1, 2] = False
-    assert (not outside.any()) == only_own_patch
-    # chunked coding is still exact with local codes
-    assert torch.equal(tok.encode(x, chunk_latents=1), tok.encode(x))
-
-
-def test_local_codes_give_one_code_to_every_empty_patch():
-    codes = tiny(encoder_spatial_kernel=1).encode(-torch.ones(1, 3, 5, 32, 40))
-    assert codes[:, 0].unique().numel() == 1 and codes[:, 1].unique().numel() == 1
-
-
-def test_fingerprints_leave_out_later_fields_at_their_old_behaviour(tmp_path):
+def test_fingerprints_hash_configs_as_the_first_shards_saw_them(tmp_path):
     """Token shards record fingerprints: a field added to the config later must not invalidate shards
-    written before it existed, as long as the field is at the value that behaves as before."""
+    written before it existed (at the value that behaves as before), nor may a field's retirement."""
     import hashlib
     from dataclasses import asdict
 
@@ -144,27 +124,30 @@ def test_fingerprints_leave_out_later_fields_at_their_old_behaviour(tmp_path):
     tok.save_pretrained(tmp_path / "tok")
     config_path = tmp_path / "tok" / "config.json"
     saved = json.loads(config_path.read_text())
-    del saved["encoder_spatial_kernel"], saved["clamped_loss"]  # as written before the fields existed
+    del saved["clamped_loss"]  # as written before the field existed, with the since retired fields
+    saved.update(encoder_spatial_kernel=3, l1_weight=0.0, gradient_weight=0.0)
     config_path.write_text(json.dumps(saved))
     old = VideoTokenizer.from_pretrained(tmp_path / "tok")
 
-    def digest(model: VideoTokenizer, leave_out: tuple[str, ...]) -> str:
-        config = {k: v for k, v in asdict(model.config).items() if k not in leave_out}
+    def digest(model: VideoTokenizer) -> str:
+        config = {k: v for k, v in asdict(model.config).items() if k != "clamped_loss"}
+        config.update(l1_weight=0.0, gradient_weight=0.0)
         hashed = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         for key, value in sorted(model.state_dict().items()):
             hashed.update(key.encode())
             hashed.update(value.numpy().tobytes())
         return hashed.hexdigest()[:16]
 
-    # as computed before the fields existed: the config without them, then every tensor
-    assert old.fingerprint() == tok.fingerprint() == digest(old, leave_out=("encoder_spatial_kernel", "clamped_loss"))
-    local = tiny(encoder_spatial_kernel=1)  # a value that behaves differently stays in the digest
-    assert local.fingerprint() == digest(local, leave_out=("clamped_loss",))
+    # as computed when the first shards were written: the config of that time, then every tensor
+    assert old.fingerprint() == tok.fingerprint() == digest(old)
+    assert tiny(clamped_loss=True).fingerprint() != tok.fingerprint()  # a value that behaves differently counts
+    saved["encoder_spatial_kernel"] = 1  # a retired option at another value than the one kept is refused
+    config_path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="encoder_spatial_kernel, an option retired"):
+        VideoTokenizer.from_pretrained(tmp_path / "tok")
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="encoder_spatial_kernel"):
-        VideoTokenizerConfig(encoder_spatial_kernel=2)
     with pytest.raises(ValueError, match="frame_channels"):
         VideoTokenizerConfig(frame_channels=(8,))
     with pytest.raises(ValueError, match="quantizer"):

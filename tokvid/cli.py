@@ -9,6 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config_flags import add_config_flags, add_retired_flags, config_flags_given
+from .sampling import SamplingConfig
+
+RETIRED_SAMPLING_FLAGS = {
+    "--order": "only confidence order is left (random order lost; see docs/design-notes.md)",
+    "--later-chunk-candidates": "later chunks are sampled once (candidates need two guidance streams and lost "
+                                "at the bundle's CFG 1; see docs/design-notes.md)",
+}
+
 
 def run_cli(main, argv=None, prog: str = "tokvid") -> int:
     """Run `main(argv)`, mapping bad input (ValueError) to a one-line error and exit code 2."""
@@ -50,21 +59,10 @@ def generate_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output video (.mp4 or .gif); a contact sheet .png is written beside it")
     gen.add_argument("--model", default=None, help="pipeline directory or bundled name (default: the bundled model)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=None, help="MaskGIT steps per chunk (default: the model's)")
-    gen.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the model's)")
-    gen.add_argument("--temperature", type=float, default=None)
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--order", choices=("confidence", "random"), default=None)
-    gen.add_argument("--first-chunk-candidates", type=int, default=None,
-                     help="sample the first chunk this many times and keep the most prompt-specific (default: the model's)")
-    gen.add_argument("--later-chunk-candidates", type=int, default=None,
-                     help="sample every later chunk this many times and keep the one the prompt explains best "
-                          "(default: the model's)")
-    gen.add_argument("--min-code-count", type=int, default=None,
-                     help="draw only codes seen this often in the generator's training data (0: any; default: the model's)")
-    gen.add_argument("--redraw-first-frame", action=argparse.BooleanOptionalAction, default=None,
-                     help="re-code the first frame from the second, a one-frame hold (default: the model's)")
-    gen.add_argument("--negative-prompt", default=None)
+    add_config_flags(gen.add_argument_group("sampling"), SamplingConfig, use_defaults=False,
+                     default_note="the model's, from its pipeline.json")
+    add_retired_flags(gen, RETIRED_SAMPLING_FLAGS)
+    gen.add_argument("--negative-prompt", default=None, help="the unconditional stream's prompt (with --cfg-scale > 1)")
     gen.add_argument("--prime", default=None, help="image or video to continue from (image-to-video)")
     gen.add_argument("--no-sheet", action="store_true", help="do not write the contact-sheet PNG")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -84,12 +82,7 @@ def generate_main(argv=None) -> None:
             raise ValueError(f"--num-frames must be between 1 and 100000, got {args.num_frames}")
         validate_segments([(args.prompt, max(args.num_frames - 1, 1))])
     story = load_story_file(args.story_file) if args.story_file else None
-    options = {k: v for k, v in dict(steps=args.steps, cfg_scale=args.cfg_scale, temperature=args.temperature,
-                                      top_k=args.top_k, order=args.order,
-                                      first_chunk_candidates=args.first_chunk_candidates,
-                                      later_chunk_candidates=args.later_chunk_candidates,
-                                      min_code_count=args.min_code_count,
-                                      redraw_first_frame=args.redraw_first_frame).items() if v is not None}
+    options = config_flags_given(args, SamplingConfig)
     from .pipeline import TokVidPipeline
 
     pipe = TokVidPipeline.from_pretrained(args.model)

@@ -52,7 +52,7 @@ def read_config_json(directory: str | Path, fmt: ArtefactFormat, hint: str, file
     tag = raw.pop("format", None)
     legacy = [raw.pop(key) == value for key, value in fmt.legacy_tags.items() if key in raw]
     if tag != fmt.tag and not any(legacy):
-        raise ValueError(f"{path} does not describe a {fmt.what} (format {fmt.tag}); {hint}")
+        raise ValueError(f"{path} is not a {fmt.what} config (no format {fmt.tag!r}); {hint}")
     return raw
 
 
@@ -71,9 +71,11 @@ def config_from_fields(config_class: type[Config], raw: dict, fmt: ArtefactForma
     required = [f.name for f in dataclasses.fields(config_class)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = sorted(set(missing) | {name for name in required if name not in raw})
-    if unknown or missing:
-        raise ValueError(f"{source} does not match this tokvid's {fmt.what} settings (unknown {unknown}, missing "
-                         f"{missing}); it comes from another tokvid version: upgrade tokvid or re-export it")
+    if unknown:
+        raise ValueError(f"{source} has {fmt.what} settings this tokvid does not know: {unknown}; it comes from a "
+                         "newer tokvid: upgrade tokvid or re-export it")
+    if missing:
+        raise ValueError(f"{source} lacks the {fmt.what} settings {missing}; re-export it with this tokvid")
     return config_class(**raw)
 
 

@@ -31,9 +31,9 @@ class SamplingConfig:
                                     "0 unconditional, 1 the prompt alone (one stream, half the work)")
     temperature: float = _option(1.25, "sampling temperature at a chunk's first step, annealed linearly to "
                                        "temperature/steps at its last (0 = greedy)")
-    top_k: int | None = _option(None, "draw only from the k likeliest codes at each position (default: all)")
-    window_chunks: int | None = _option(None, "chunks of attention context, the current one included "
-                                              "(default: the generator's trained window)")
+    top_k: int | None = _option(None, "draw only from the k likeliest codes at each position; unset: every code")
+    window_chunks: int | None = _option(None, "chunks of attention context, the current one included; "
+                                              "unset: the generator's trained window")
     first_chunk_candidates: int = _option(8, "sample the video's first chunk this many times (as one batch) and "
                                              "keep the one the prompt explains best against the empty prompt")
     min_code_count: int = _option(1, "draw only codes seen at least this often in the generator's training "
@@ -105,7 +105,10 @@ def sample(model: Generator, text: torch.Tensor, num_chunks: int | None = None, 
         elif chunk == 0 and config.first_chunk_candidates > 1:
             decided = _best_first_chunk(model, config, text, stream_text, len(streams), batch, excluded, generator)
         else:
-            decided = sample_chunk(model, config, chunk, stream_text, cache, len(streams), batch, excluded, generator)
+            def states_of(tokens, chunk=chunk):
+                return model.chunk_states(tokens, stream_text[:, chunk], chunk, cache)[0]
+
+            decided = sample_chunk(model, config, states_of, len(streams), batch, excluded, generator)
         chunks.append(decided)
         if chunk + 1 < num_chunks and window_chunks > 1:
             # One pass over the decided tokens gives the keys/values later chunks will attend to.
@@ -117,16 +120,17 @@ def sample(model: Generator, text: torch.Tensor, num_chunks: int | None = None, 
     return torch.stack(chunks, dim=1).view(batch, num_chunks, model.config.chunk_height, model.config.chunk_width)
 
 
-def sample_chunk(model: Generator, config: SamplingConfig, chunk_index: int, stream_text: torch.Tensor,
-                 cache: KVCache, num_streams: int, batch: int, excluded: torch.Tensor | None,
+def sample_chunk(model: Generator, config: SamplingConfig, states_of: Callable[[torch.Tensor], torch.Tensor],
+                 num_streams: int, batch: int, excluded: torch.Tensor | None,
                  generator: torch.Generator | None) -> torch.Tensor:
-    """MaskGIT over one chunk (B, h*w) after the cached past: start fully masked, commit a cosine-scheduled
-    share of tokens each step. `excluded` codes are never drawn."""
+    """MaskGIT over one chunk (B, h*w): start fully masked, commit a cosine-scheduled share of tokens each
+    step. states_of maps the chunk's tokens in every stream (S*B, h*w) to their states after the past;
+    `excluded` codes are never drawn."""
     mask_id = model.config.mask_id
-    tokens = torch.full((batch, model.config.chunk_tokens), mask_id, dtype=torch.long, device=stream_text.device)
+    tokens = torch.full((batch, model.config.chunk_tokens), mask_id, dtype=torch.long,
+                        device=model.head.weight.device)
     for step in range(config.steps):
-        states = model.chunk_states(tokens.repeat(num_streams, 1), stream_text[:, chunk_index], chunk_index, cache)[0]
-        logits = model.logits(states)
+        logits = model.logits(states_of(tokens.repeat(num_streams, 1)))
         if num_streams == 2:
             cond, uncond = logits.chunk(2, dim=0)
             logits = uncond + config.cfg_scale * (cond - uncond)
@@ -190,7 +194,8 @@ def _best_first_chunk(model: Generator, config: SamplingConfig, text: torch.Tens
     count = config.first_chunk_candidates
     wide_text = torch.cat([part.repeat(count, 1, 1) for part in stream_text.chunk(num_streams)])
     empty = KVCache(model.config.depth, 0)
-    candidates = sample_chunk(model, config, 0, wide_text, empty, num_streams, count * batch, excluded, generator)
+    candidates = sample_chunk(model, config, lambda tokens: model.chunk_states(tokens, wide_text[:, 0], 0, empty)[0],
+                              num_streams, count * batch, excluded, generator)
     prompt = text[:, 0].repeat(count, 1)
     prompts = torch.cat([prompt, model.null_text(prompt.shape[0], 1, prompt.device)[:, 0]])
     with_prompt, without = first_chunk_log_likelihood(model, candidates.repeat(2, 1), prompts).chunk(2)

@@ -18,12 +18,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_BATCH = 8  # clips per video tokenizer step, split across ranks
-# the bundle's sampling defaults, set on --install (the README's sweeps): CFG 1, 8 steps at temperature 1.25
-# (lower temperatures and more guidance park objects at walls and lose stories), the most prompt-specific of
-# 8 first chunks, each later chunk sampled once (choosing among several needs guidance above 1), only codes
-# the training shards hold and the first frame re-coded from the second (README design notes)
-SAMPLING_DEFAULTS = {"steps": 8, "cfg_scale": 1.0, "temperature": 1.25, "first_chunk_candidates": 8,
-                     "later_chunk_candidates": 1, "min_code_count": 1, "redraw_first_frame": True}
 CLAMPED_DECODER_STEPS, CLAMPED_DECODER_LR = 3000, 1e-3
 LATER_STAGES = "2000:5e-4,1000:3e-4,2000:3e-4,2000:3e-4"  # generator stages after the first, STEPS:LR each
 
@@ -54,8 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fsq-levels", default="7,5,5,5,5", help="FSQ levels of the shapes tokenizer (vocabulary 4375)")
     parser.add_argument("--spatial-compression", type=int, default=None,
                         help="pixels per token side of the shapes tokenizer (default: the preset's 8)")
-    parser.add_argument("--local-codes", action=argparse.BooleanOptionalAction, default=False,
-                        help="shapes tokenizer whose codes each see only their own 8x8 patch (no halo)")
     parser.add_argument("--decoder-steps", type=int, default=3000,
                         help="then the tokenizer's decoder alone (same codes, sharper shapes; 0: none)")
     parser.add_argument("--decoder-code-noise", type=float, default=0.2,
@@ -89,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{stage}-ranks {ranks} must divide the {stage} batch ({batch})")
     from tokvid.models.generator import check_token_patch
     from tokvid.shapes import FRAME_SIZE
-    from tokvid.training.engine import spatial_compression_overrides
+    from tokvid.training.trainers import spatial_compression_overrides
     from tokvid.models.video_tokenizer import video_tokenizer_preset
 
     try:  # checked here, before any stage starts, with the library's own checks
@@ -122,11 +114,9 @@ def launcher(args, script: str, ranks: int, seed: int) -> list[str]:
 
 
 def install(exported: Path, video_tokenizer: Path, target: Path) -> None:
-    """Save the exported pipeline into `target` with the bundle's sampling defaults and the run's current
-    video tokenizer: a decoder stage re-run after the generator (more --decoder-steps) makes the same
+    """Save the exported pipeline (which states SamplingConfig's defaults, chosen on this bundle: see
+    docs/design-notes.md) into `target` with the run's current video tokenizer: a decoder stage re-run after the generator (more --decoder-steps) makes the same
     codes, so the generator stays valid and only the pictures change."""
-    from dataclasses import replace
-
     from tokvid.pipeline import TokVidPipeline
     from tokvid.models.video_tokenizer import VideoTokenizer
 
@@ -136,7 +126,6 @@ def install(exported: Path, video_tokenizer: Path, target: Path) -> None:
         raise SystemExit(f"{video_tokenizer} makes other codes than the generator's tokenizer in {exported}; "
                          "delete the generator stages of this run and re-run the recipe")
     pipeline.video_tokenizer = decoder.eval()
-    pipeline.defaults = replace(pipeline.defaults, **SAMPLING_DEFAULTS)
     shutil.rmtree(target, ignore_errors=True)  # only now: a refused install leaves the old bundle in place
     pipeline.save_pretrained(target)
 
@@ -166,7 +155,7 @@ def main(argv=None) -> int:
     tokenizer_command = launcher(args, "train_tokenizer.py", args.tokenizer_ranks, args.seed) + [
         "--manifest", str(data / "manifest.jsonl"), "--preset", args.tokenizer_preset, "--fsq-levels", args.fsq_levels,
         "--lr", "1e-3", "--micro-batch", str(TOKENIZER_BATCH // args.tokenizer_ranks), "--num-frames", "9",
-        "--cache-gb", "3", "--save-every", "250"] + (["--local-codes"] if args.local_codes else []) + (
+        "--cache-gb", "3", "--save-every", "250"] + (
         ["--spatial-compression", str(args.spatial_compression)] if args.spatial_compression else [])
     if not (tokenizer / "export" / "model.safetensors").exists():
         run(tokenizer_command + ["--out", str(tokenizer), "--max-steps", str(args.tokenizer_steps),

@@ -10,13 +10,15 @@ Writes RUN/metrics.jsonl, RUN/tb, RUN/checkpoints and, at the end, a pipeline di
 import argparse
 import sys
 
-import deepspeed
+from common import run_training_script, training_parser
 
-from tokvid.training.engine import add_training_arguments, run_script, train_token_generator
+from tokvid.training.trainers import train_token_generator
+
+RETIRED = {"--digit-mixture": "the digit-mixture head lost to the one-product digit head; see docs/design-notes.md"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = training_parser(__doc__.split("\n\n")[0], RETIRED)
     parser.add_argument("--data", required=True, help="token shard directory (tokvid-encode output)")
     parser.add_argument("--text-tokenizer", default=None, help="text tokenizer directory to use instead of training one")
     parser.add_argument("--video-tokenizer", default=None,
@@ -27,26 +29,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--head", choices=["digits", "codes"], default=None,
                         help="output head: one softmax per FSQ digit (default for FSQ tokenizers) or one softmax "
                              "over all codes (default otherwise)")
-    parser.add_argument("--digit-mixture", type=int, default=1,
-                        help="the digit head as a mixture of this many digit products, so it can say which digits "
-                             "go together (1: independent digits); a fine-tune may widen a 1-product start")
     parser.add_argument("--token-patch", type=int, default=1,
                         help="tokens per side of the patch one transformer position holds (2: 2x2 tokens, about "
                              "4x fewer positions and a cheaper step; must divide the token grid)")
     parser.add_argument("--init-from", default=None,
                         help="generator or pipeline directory to start from (fine-tuning; same configuration)")
-    add_training_arguments(parser)
-    deepspeed.add_config_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_script(args, lambda config, ds_config: train_token_generator(
+    return run_training_script(args, lambda config, ds_config: train_token_generator(
         config, ds_config, args.data, preset=args.preset, num_frames=args.num_frames,
         text_tokenizer=args.text_tokenizer, video_tokenizer=args.video_tokenizer,
         text_vocab_size=args.text_vocab_size, text_length=args.text_length, window_chunks=args.window_chunks,
-        digit_head=None if args.head is None else args.head == "digits", digit_mixture=args.digit_mixture,
+        digit_head=None if args.head is None else args.head == "digits",
         token_patch=args.token_patch, init_from=args.init_from),
         throughput_unit="tokens")
 

@@ -10,13 +10,15 @@ Writes RUN/metrics.jsonl, RUN/tb, RUN/checkpoints and, at the end, RUN/export (c
 import argparse
 import sys
 
-import deepspeed
+from common import run_training_script, training_parser
 
-from tokvid.training.engine import add_training_arguments, run_script, train_video_tokenizer
+from tokvid.training.trainers import train_video_tokenizer
+
+RETIRED = {"--local-codes": "local codes (a 1x1 encoder) lost on shapes-v1; see docs/design-notes.md"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = training_parser(__doc__.split("\n\n")[0], RETIRED)
     parser.add_argument("--manifest", required=True, help="JSONL/CSV manifest of videos and images")
     parser.add_argument("--size", type=int, default=64, help="square frame size of training clips")
     parser.add_argument("--fps", type=float, default=None, help="resample videos to this frame rate")
@@ -24,8 +26,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fsq-levels", default=None, help="override the preset's FSQ levels, e.g. 8,5,5,5")
     parser.add_argument("--spatial-compression", type=int, default=None,
                         help="pixels per token side instead of the preset's 8 (16: a quarter of the tokens)")
-    parser.add_argument("--local-codes", action="store_true",
-                        help="every code sees only its own patch: an object changes only the tokens it covers")
     parser.add_argument("--code-noise", type=float, default=0.0,
                         help="share of tokens the decoder sees one FSQ digit step off in training, so it draws "
                              "clean pictures from a generator's near-miss codes (with --decoder-only)")
@@ -37,18 +37,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tokenizer directory or bundled name to start from (fine-tuning; same configuration)")
     parser.add_argument("--decoder-only", action="store_true",
                         help="with --init-from: train the decoder alone, so every code stays as it was")
-    add_training_arguments(parser)
-    deepspeed.add_config_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_script(args, lambda config, ds_config: train_video_tokenizer(
+    return run_training_script(args, lambda config, ds_config: train_video_tokenizer(
         config, ds_config, args.manifest, preset=args.preset, size=args.size, num_frames=args.num_frames,
         fps=args.fps, quantizer=args.quantizer, fsq_levels=args.fsq_levels, cache_bytes=int(args.cache_gb * 2**30),
         init_from=args.init_from, decoder_only=args.decoder_only,
-        local_codes=args.local_codes, code_noise=args.code_noise,
+        code_noise=args.code_noise,
         spatial_compression=args.spatial_compression, clamped_loss=args.clamped_loss), throughput_unit="frames")
 
 

@@ -7,7 +7,6 @@ generator config can rely on them.
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -15,10 +14,12 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 import torch
 
+from tokvid.persistence import ArtefactFormat, read_config_json, write_config_json
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-MODEL_TYPE = "tokvid_text_tokenizer"
+FORMAT = ArtefactFormat(tag="tokvid-text-tokenizer-v1", what="text tokenizer",
+                        legacy_tags={"model_type": "tokvid_text_tokenizer"})
 MODEL_FILE = "text_tokenizer.model"
-CONFIG_FILE = "config.json"
 
 
 def train_text_tokenizer(captions: Iterable[str], out_dir: str | Path | None = None, vocab_size: int = 256,
@@ -145,30 +146,21 @@ class TextTokenizer:
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write `text_tokenizer.model` and `config.json` into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / MODEL_FILE).write_bytes(self._model_bytes)
-        config = {"model_type": MODEL_TYPE, "max_length": self._max_length, "vocab_size": self.vocab_size,
-                  "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_config_json(directory, FORMAT, {"max_length": self._max_length, "vocab_size": self.vocab_size,
+                                              "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id})
+        (Path(directory) / MODEL_FILE).write_bytes(self._model_bytes)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TextTokenizer":
         """Load a directory written by `save_pretrained`."""
-        directory = Path(directory)
-        model_path, config_path = directory / MODEL_FILE, directory / CONFIG_FILE
+        model_path = Path(directory) / MODEL_FILE
         hint = ("expected text_tokenizer.model + config.json written by TextTokenizer.save_pretrained; "
                 "train one with tokenizer/train_text_tokenizer.py")
-        if not model_path.is_file() or not config_path.is_file():
-            raise ValueError(f"{directory} is not a text tokenizer directory ({hint})")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{config_path} is not valid JSON ({error}); {hint}") from error
-        if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
-            raise ValueError(f"{config_path} does not describe a text tokenizer ({hint})")
+        config = read_config_json(directory, FORMAT, hint)
+        if not model_path.is_file():
+            raise ValueError(f"{directory} is not a text tokenizer directory: no {MODEL_FILE} ({hint})")
         if not isinstance(config.get("max_length"), int):
-            raise ValueError(f"{config_path} lacks an integer max_length ({hint})")
+            raise ValueError(f"{Path(directory) / 'config.json'} lacks an integer max_length ({hint})")
         return cls(model_path.read_bytes(), max_length=config["max_length"])
 
     def _encode(self, prompt: str, limit: int) -> list[int]:

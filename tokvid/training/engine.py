@@ -1,15 +1,13 @@
-"""The DeepSpeed training loop shared by the tokenizer and generator trainers.
+"""The training engine: the DeepSpeed loop shared by the tokenizer and generator trainings.
 
 `run_training` takes a model factory, an ItemDataset and a loss function, and adds what long runs
 on many ranks need:
 
-- launch: works under `deepspeed --num_gpus N`, `torchrun` and as a plain single process; the
-  process group exists before the model is built, and every rank builds it from the same seed
-  (DeepSpeed broadcasts parameters, never buffers such as EMA codebooks).
-- checkpoints: every rank writes into `RUN/checkpoints/step-XXXXXXX.tmp` (DeepSpeed state plus a
-  per-rank file with all RNG states and the data position); rank 0 then writes a COMPLETE marker,
-  fsyncs and renames the directory. A save killed halfway leaves the previous checkpoint intact;
-  `resume="auto"` takes the newest complete one. SIGTERM/SIGINT save at the end of the step.
+- launch (distributed.py): works under `deepspeed --num_gpus N`, `torchrun` and as a plain single
+  process; the process group exists before the model is built, and every rank builds it from the
+  same seed (DeepSpeed broadcasts parameters, never buffers such as EMA codebooks).
+- checkpoints (checkpoints.py): atomic, committed by rank 0 after every rank wrote its part; a save
+  killed halfway leaves the previous one intact. SIGTERM/SIGINT save at the end of the step.
 - exact resume: data order is a function of (seed, epoch, rank), and the randomness of step s,
   micro-step m on rank r comes from a generator seeded by (seed, s, r, m), so a resumed run
   repeats the losses of an uninterrupted one bit for bit.
@@ -26,10 +24,8 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import signal
-import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,11 +38,13 @@ import torch.distributed as dist
 from torch import nn
 
 from tokvid.datasets import ItemDataset, ResumableLoader
+from tokvid.training.checkpoints import (CHECKPOINTS, COMPLETE_MARKER, capture_rng_state, checkpoint_name,
+                                         commit_checkpoint, fsync_path, prune_checkpoints, rank_file,
+                                         resolve_resume, restore_rng_state)
+from tokvid.training.distributed import build_ds_config, buffer_digest, setup_distributed, unsynced_buffers
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-COMPLETE_MARKER = "COMPLETE"
 DEEPSPEED_TAG = "deepspeed"
 METRICS_FILE = "metrics.jsonl"
 
@@ -57,32 +55,38 @@ class TrainingStopped(RuntimeError):
     """The run stopped on purpose (too many skipped steps, too much bad data); the message says why."""
 
 
+def _flag(default, help: str, **argparse_options):
+    """A TrainingConfig field that the train/ scripts expose as a flag (tokvid.config_flags)."""
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
 @dataclass
 class TrainingConfig:
-    out_dir: str  # run directory: checkpoints/, metrics.jsonl, tb/, export/
-    max_steps: int  # optimizer steps to run in total (skipped steps included)
-    seed: int = 0  # model initialisation (identical on every rank), data order and per-step randomness
-    micro_batch: int = 4  # samples per rank per micro-step
-    grad_accum: int = 1  # micro-steps per optimizer step
-    lr: float = 3e-4  # peak learning rate
-    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio at max_steps
-    warmup_steps: int = 100  # linear warmup (in applied optimizer steps)
-    weight_decay: float = 0.01  # AdamW weight decay, applied to matrices only
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
-    zero_stage: int | None = None  # ZeRO stage 1/2/3; None keeps the DeepSpeed config's
-    bf16: bool | None = None  # bf16 autocast (GPU; weights stay fp32); None keeps the DeepSpeed config's
-    activation_checkpointing: bool = False  # recompute activations of ModuleList blocks in backward
-    save_every: int = 1000  # checkpoint period in steps (the last step is always saved)
-    keep_last: int = 2  # complete checkpoints kept on disk
-    resume: str | None = None  # None: fresh run; "auto": newest complete checkpoint if any; or a checkpoint dir
-    max_consecutive_skips: int = 5  # stop (after a checkpoint) when this many steps in a row are skipped
-    max_bad_data_fraction: float = 0.01  # stop when more than this fraction of the items is unusable
-    throughput_unit: str = "tokens"  # metrics report <unit>_per_s ("tokens" or "frames")
-    inject_nan_loss_at_step: int | None = None  # tests: rank 0's loss becomes NaN at this step
-    inject_nan_grad_at_step: int | None = None  # tests: gradients become NaN (finite loss) at this step
-    kill_during_save_at_step: int | None = None  # tests: SIGKILL after writing the checkpoint, before COMPLETE
+    out_dir: str = _flag(None, "run directory (checkpoints/, metrics.jsonl, tb/, export/)", flag="--out")
+    max_steps: int = _flag(None, "optimizer steps to run in total (skipped steps included)")
+    seed: int = _flag(0, "model initialisation (identical on every rank), data order and per-step randomness")
+    micro_batch: int = _flag(4, "samples per rank per micro-step")
+    grad_accum: int = _flag(1, "micro-steps per optimizer step")
+    lr: float = _flag(3e-4, "peak learning rate")
+    min_lr_ratio: float = _flag(0.1, "the cosine schedule ends at lr * min_lr_ratio at max_steps")
+    warmup_steps: int = _flag(100, "linear warmup, in applied optimizer steps")
+    weight_decay: float = _flag(0.01, "AdamW weight decay, applied to matrices only")
+    betas: tuple[float, float] = _flag((0.9, 0.95), "AdamW betas")
+    zero_stage: int | None = _flag(None, "ZeRO stage 1, 2 or 3 (default: the DeepSpeed config's)", choices=(1, 2, 3))
+    bf16: bool | None = _flag(None, "bf16 autocast with fp32 weights (GPU; default: the DeepSpeed config's)")
+    activation_checkpointing: bool = _flag(False, "recompute block activations in backward (less memory)")
+    save_every: int = _flag(1000, "checkpoint period in steps (the last step is always saved)")
+    keep_last: int = _flag(2, "complete checkpoints kept on disk")
+    resume: str | None = _flag(None, "'auto' (the newest complete checkpoint, if any) or a checkpoint directory")
+    max_consecutive_skips: int = _flag(5, "stop (after a checkpoint) when this many steps in a row are skipped "
+                                          "(non-finite loss or gradient)")
+    max_bad_data_fraction: float = _flag(0.01, "stop when more than this fraction of the data items is unusable")
+    throughput_unit: str = _flag("tokens", "metrics report <unit>_per_s (set by the training, not a flag)",
+                                 flag=None)
 
     def __post_init__(self):
+        if self.out_dir is None or self.max_steps is None:
+            raise ValueError("a training needs out_dir (--out) and max_steps (--max-steps)")
         positive = ("max_steps", "micro_batch", "grad_accum", "save_every", "keep_last", "max_consecutive_skips")
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -108,102 +112,7 @@ class TrainingResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# process group and configuration
-
-
-def setup_distributed() -> tuple[int, int]:
-    """Initialise the process group (gloo on CPU) and return (rank, world_size).
-
-    A process started without a launcher gets the environment of a 1-rank world, so DeepSpeed
-    never tries MPI discovery. Idempotent.
-    """
-    import deepspeed
-
-    if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(free_port()))
-        deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
-        unlink_shm_allreduce_buffer()
-    return dist.get_rank(), dist.get_world_size()
-
-
-SHM_DIR = Path("/dev/shm")
-
-
-def shm_allreduce_buffer(rank: int) -> Path:
-    """The shared-memory file DeepSpeed's CPU backend creates for `rank` (named in its shm.cpp)."""
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}"
-            f"_{os.environ.get('MASTER_PORT', '')}_{rank}")
-    return SHM_DIR / name
-
-
-def unlink_shm_allreduce_buffer() -> None:
-    """Remove this rank's 64 MiB DeepSpeed all-reduce file from /dev/shm once every rank has mapped it.
-
-    DeepSpeed's CPU backend never unlinks it, so each launch under `deepspeed` would leave
-    64 MiB per rank in RAM-backed /dev/shm until the machine fills up. The barrier guarantees
-    all ranks have finished mapping their peers' files during init; the mappings stay valid
-    after the unlink and the kernel frees the memory when the last process exits, even a
-    killed one.
-    """
-    if not hasattr(os, "getuid"):  # no POSIX shared memory (Windows)
-        return
-    if dist.get_world_size() > 1:
-        dist.barrier()  # on every rank, whether or not it has a file, so none can wait alone
-    shm_allreduce_buffer(dist.get_rank()).unlink(missing_ok=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def load_ds_config(path: str | Path) -> dict:
-    """Read a DeepSpeed JSON config; "auto" values (an HF Trainer feature) are refused."""
-    path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read DeepSpeed config {path}: {error}") from None
-    auto = [key for key, value in _flatten(config) if value == "auto"]
-    if auto:
-        raise ValueError(f"{path} has \"auto\" values ({', '.join(auto)}); raw DeepSpeed needs numbers there")
-    return config
-
-
-def build_ds_config(base: dict, config: TrainingConfig) -> dict:
-    """The DeepSpeed config of a run: the JSON file with the command-line settings applied."""
-    ds = json.loads(json.dumps(base))
-    for section in ("optimizer", "scheduler"):
-        if section in ds:
-            raise ValueError(f"remove the \"{section}\" section from the DeepSpeed config: the trainer builds AdamW "
-                             "and a warmup + cosine schedule from --lr, --warmup-steps and --max-steps")
-    if ds.get("fp16", {}).get("enabled"):
-        raise ValueError("fp16 is not supported (its loss-scale overflows would count as skipped steps); use bf16")
-    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two below and the world size
-    ds["train_micro_batch_size_per_gpu"] = config.micro_batch
-    ds["gradient_accumulation_steps"] = config.grad_accum
-    ds.setdefault("steps_per_print", 1000)
-    zero = ds.setdefault("zero_optimization", {})
-    if config.zero_stage is not None:
-        zero["stage"] = config.zero_stage
-    if zero.get("stage", 0) not in (1, 2, 3):
-        raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {zero.get('stage', 0)}")
-    if config.bf16 is not None:
-        # torch autocast keeps fp32 weights (and the models' fp32 quantizers) and runs matmuls in bf16
-        ds["torch_autocast"] = {"enabled": config.bf16, "dtype": "bfloat16"}
-    if ds.get("bf16", {}).get("enabled"):
-        ds["bf16"]["check_grad_overflow"] = True  # otherwise a NaN gradient is applied silently
-    return ds
-
-
-def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(tree, dict):
-        return [item for key, value in tree.items() for item in _flatten(value, f"{prefix}{key}.")]
-    return [(prefix.rstrip("."), tree)]
+# schedule and model wrapping
 
 
 def derive_seed(*parts: int) -> int:
@@ -258,214 +167,6 @@ class LossModule(nn.Module):
 
     def forward(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         return self.loss_fn(self.model, batch, generator)
-
-
-class _PoisonGradient(torch.autograd.Function):
-    """Identity forward, NaN backward: a finite loss whose gradients are not (fault injection)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("nan")
-
-
-def add_training_arguments(parser) -> None:
-    """The flags both train/ scripts share (an argparse.ArgumentParser); see training_config_from_args."""
-    import argparse
-
-    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # appended by the launcher
-    parser.add_argument("--out", required=True, help="run directory (checkpoints/, metrics.jsonl, tb/, export/)")
-    parser.add_argument("--max-steps", type=int, required=True, help="optimizer steps in total")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint, if any) or a checkpoint dir")
-    parser.add_argument("--preset", default="small", choices=("tiny", "small", "base"), help="model size")
-    parser.add_argument("--zero-stage", type=int, choices=(1, 2, 3), default=None,
-                        help="override the DeepSpeed config's ZeRO stage")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast with fp32 weights (GPU); default: the DeepSpeed config's")
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
-    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine end value as a fraction of --lr")
-    parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--micro-batch", type=int, default=4, help="samples per rank per micro-step")
-    parser.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
-    parser.add_argument("--save-every", type=int, default=1000, help="checkpoint period in steps")
-    parser.add_argument("--keep-last", type=int, default=2, help="complete checkpoints to keep")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per rank")
-    parser.add_argument("--num-frames", type=int, default=17, help="frames per training clip (1 + k*tc)")
-    parser.add_argument("--max-consecutive-skips", type=int, default=5,
-                        help="stop after this many skipped (non-finite) steps in a row")
-    parser.add_argument("--max-bad-data-fraction", type=float, default=0.01,
-                        help="stop when more than this fraction of the data items is unusable")
-    for flag in ("--inject-nan-at-step", "--inject-nan-grad-at-step", "--kill-during-save-at-step"):  # for tests
-        parser.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
-
-
-def training_config_from_args(args, throughput_unit: str) -> TrainingConfig:
-    return TrainingConfig(
-        out_dir=args.out, max_steps=args.max_steps, seed=args.seed, micro_batch=args.micro_batch,
-        grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay, zero_stage=args.zero_stage, bf16=args.bf16,
-        activation_checkpointing=args.activation_checkpointing, save_every=args.save_every,
-        keep_last=args.keep_last, resume=args.resume, max_consecutive_skips=args.max_consecutive_skips,
-        max_bad_data_fraction=args.max_bad_data_fraction, throughput_unit=throughput_unit,
-        inject_nan_loss_at_step=args.inject_nan_at_step, inject_nan_grad_at_step=args.inject_nan_grad_at_step,
-        kill_during_save_at_step=args.kill_during_save_at_step)
-
-
-def ds_config_path(args) -> Path:
-    """--deepspeed_config, else the repository's ds_config.json next to train/."""
-    given = getattr(args, "deepspeed_config", None)
-    return Path(given) if given else Path(__file__).resolve().parents[1] / "ds_config.json"
-
-
-def run_script(args, train: Callable[[TrainingConfig, dict], TrainingResult], throughput_unit: str) -> int:
-    """What a train/ script does after parsing: logging, threads, configs, errors -> exit codes."""
-    import sys
-
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"[rank {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        result = train(training_config_from_args(args, throughput_unit), load_ds_config(ds_config_path(args)))
-    except TrainingStopped as error:
-        print(f"rank {rank}: training stopped: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"rank {rank}: error: {error}", file=sys.stderr)
-        return 2
-    if rank == 0:
-        print(f"{result.status} at step {result.step}; skipped steps {result.skipped_steps}, "
-              f"unusable items {result.bad_items}; export: {result.export_dir}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# checkpoints on disk
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:07d}"
-
-
-def complete_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, directory) of every committed checkpoint of a run, oldest first; .tmp dirs are ignored."""
-    root = Path(run_dir) / CHECKPOINTS
-    found = []
-    for path in root.glob("step-*") if root.is_dir() else []:
-        suffix = path.name[len("step-"):]
-        if path.is_dir() and suffix.isdigit() and (path / COMPLETE_MARKER).is_file():
-            found.append((int(suffix), path))
-    return sorted(found)
-
-
-def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
-    """The checkpoint directory to resume from, or None for a fresh start."""
-    existing = complete_checkpoints(run_dir)
-    if resume is None:
-        if existing:
-            raise ValueError(f"{run_dir} already has checkpoints (newest: {existing[-1][1].name}); pass "
-                             "--resume auto to continue that run or choose another --out")
-        return None
-    if resume == "auto":
-        return existing[-1][1] if existing else None
-    path = Path(resume)
-    if not (path / COMPLETE_MARKER).is_file():
-        raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker); "
-                         "pass --resume auto to take the newest complete one")
-    return path
-
-
-def _fsync_path(path: Path) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    descriptor = os.open(path, flags)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _rank_file(directory: Path, rank: int) -> Path:
-    return directory / f"rank-{rank:05d}.pt"
-
-
-def commit_checkpoint(tmp_dir: Path, final_dir: Path, summary: dict) -> None:
-    """Make a fully written checkpoint directory visible atomically (rank 0, after a barrier)."""
-    for path in sorted(tmp_dir.rglob("*")):
-        if path.is_file():
-            _fsync_path(path)
-    marker_tmp = tmp_dir / (COMPLETE_MARKER + ".tmp")
-    marker_tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    _fsync_path(marker_tmp)
-    os.replace(marker_tmp, tmp_dir / COMPLETE_MARKER)
-    _fsync_path(tmp_dir)
-    if final_dir.exists():  # the same step saved again (e.g. a resumed run's final save)
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
-    _fsync_path(final_dir.parent)
-
-
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints, and leftovers of killed saves."""
-    for _, path in complete_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
-    for path in (Path(run_dir) / CHECKPOINTS).glob("step-*.tmp"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def capture_rng_state() -> dict:
-    from deepspeed.accelerator import get_accelerator
-
-    accelerator = get_accelerator()
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if accelerator.device_name() != "cpu":
-        state["accelerator"] = accelerator.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    from deepspeed.accelerator import get_accelerator
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "accelerator" in state:
-        get_accelerator().set_rng_state(state["accelerator"])
-
-
-def unsynced_buffers(module: nn.Module) -> list[str]:
-    """Names of buffers whose values differ between ranks (collective: every rank must call it)."""
-    named = [(name, b) for name, b in module.named_buffers() if b.numel()]
-    if dist.get_world_size() == 1 or not named:
-        return []
-    flat = torch.cat([torch.nan_to_num(b.detach().double().flatten()) for _, b in named])
-    high, low = flat.clone(), flat.clone()
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    differs = (high != low).cpu()
-    names, start = [], 0
-    for name, buffer in named:
-        if differs[start:start + buffer.numel()].any():
-            names.append(name)
-        start += buffer.numel()
-    return names
-
-
-def buffer_digest(module: nn.Module) -> str:
-    """SHA-256 of all buffers of a module: equal on every rank when buffers are in sync."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, buffer in module.named_buffers():
-        digest.update(name.encode())
-        digest.update(buffer.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -664,8 +365,7 @@ class _Trainer:
             generator = torch.Generator(device=self.device).manual_seed(
                 derive_seed(config.seed, self.step, self.rank, micro))
             torch.manual_seed(derive_seed(config.seed, self.step, self.rank, micro, 1))  # for models using global RNG
-            loss, logs = engine(batch, generator)
-            loss = self._inject_faults(loss, micro)
+            loss, logs = self._micro_step_loss(batch, generator, micro)
             finite, means = self._reduce_loss(loss, logs)
             if not finite:
                 if micro == 0:  # nothing accumulated yet: skip backward and step on every rank
@@ -685,12 +385,9 @@ class _Trainer:
             raise RuntimeError(f"step {self.step}: DeepSpeed applied an update although a loss was not finite")
         return not (abandoned or poisoned), {k: v / max(counted, 1) for k, v in sums.items()}, units
 
-    def _inject_faults(self, loss: torch.Tensor, micro: int) -> torch.Tensor:
-        if micro == 0 and self.config.inject_nan_loss_at_step == self.step and self.rank == 0:
-            loss = loss * float("nan")
-        if micro == 0 and self.config.inject_nan_grad_at_step == self.step:
-            loss = _PoisonGradient.apply(loss)
-        return loss
+    def _micro_step_loss(self, batch: Any, generator: torch.Generator, micro: int) -> tuple[torch.Tensor, dict]:
+        """The loss of one micro-step (a seam: tests wrap it to inject faults)."""
+        return self.engine(batch, generator)
 
     def _reduce_loss(self, loss: torch.Tensor, logs: dict) -> tuple[bool, dict]:
         """Agree on finiteness across ranks and average loss and logs over them (one all-reduce)."""
@@ -739,18 +436,20 @@ class _Trainer:
                         "data_position": {"epoch": self.loader.epoch, "position": self.loader.position},
                         "training_config": asdict(self.config), "run_info": self.run_info}
         self.engine.save_checkpoint(str(tmp_dir), tag=DEEPSPEED_TAG, client_state=client_state)
-        rank_file = _rank_file(tmp_dir, self.rank)
-        torch.save({"rng": capture_rng_state(), "loader": self.loader.state_dict(), "step": self.step,
-                    "buffer_digest": buffer_digest(self.module.model)}, rank_file)
-        _fsync_path(rank_file)
-        if self.config.kill_during_save_at_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        self._write_rank_state(tmp_dir)
         dist.barrier()
         if self.rank == 0:
             commit_checkpoint(tmp_dir, final_dir, {"step": self.step, "world_size": self.world_size,
                                                    "time": time.time()})
             prune_checkpoints(self.run_dir, self.config.keep_last)
         dist.barrier()
+
+    def _write_rank_state(self, directory: Path) -> None:
+        """This rank's part of a checkpoint: RNG states, data position, buffer digest."""
+        path = rank_file(directory, self.rank)
+        torch.save({"rng": capture_rng_state(), "loader": self.loader.state_dict(), "step": self.step,
+                    "buffer_digest": buffer_digest(self.module.model)}, path)
+        fsync_path(path)
 
     def _load(self, directory: Path) -> None:
         written_by = json.loads((directory / COMPLETE_MARKER).read_text())["world_size"]
@@ -764,7 +463,7 @@ class _Trainer:
         self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * self.schedule(self.scheduler.last_epoch)
-        rank_state = torch.load(_rank_file(directory, self.rank), weights_only=False)
+        rank_state = torch.load(rank_file(directory, self.rank), weights_only=False)
         self.loader.load_state_dict(rank_state["loader"])
         restore_rng_state(rank_state["rng"])
         self.step = client_state["step"]
@@ -817,225 +516,3 @@ def _as_float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-# ----------------------------------------------------------------------------------------------
-# the two recipes the train/ scripts run
-
-
-def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str | Path, preset: str = "small",
-                          size: int = 64, num_frames: int = 17, fps: float | None = None,
-                          quantizer: str | None = None, fsq_levels: str | None = None,
-                          cache_bytes: int = 1 << 30, init_from: str | Path | None = None,
-                          decoder_only: bool = False, local_codes: bool = False,
-                          code_noise: float = 0.0, spatial_compression: int | None = None,
-                          clamped_loss: bool = False) -> TrainingResult:
-    """Train a VideoTokenizer on the clips of a manifest; exports config.json + model.safetensors.
-
-    init_from (a tokenizer directory or bundled name) starts from trained weights; the model this run
-    builds must have the same configuration. decoder_only (needs init_from) trains the decoder alone:
-    the codes stay exactly those of init_from, so its token shards and generators remain valid.
-    local_codes builds an encoder whose codes each see only their own patch (encoder_spatial_kernel=1).
-    code_noise trains the decoder on codes of which this share is one FSQ digit step off (see
-    VideoTokenizer.training_loss): with decoder_only, a decoder for a generator's slightly wrong codes.
-    spatial_compression overrides the preset's pixels per token side (see spatial_compression_overrides).
-    clamped_loss scores the output as decode returns it (VideoTokenizerConfig.clamped_loss); it may differ
-    from init_from's, since it changes no code.
-    """
-    from tokvid.datasets import ClipDataset, clip_frame_count
-    from tokvid.models.video_tokenizer import VideoTokenizer, check_code_noise, video_tokenizer_preset
-
-    if decoder_only and init_from is None:
-        raise ValueError("--decoder-only needs --init-from: it fine-tunes the decoder of a trained tokenizer")
-
-    overrides = {} if quantizer is None else {"quantizer": quantizer}
-    if local_codes:
-        overrides["encoder_spatial_kernel"] = 1
-    if clamped_loss:
-        overrides["clamped_loss"] = True
-    if fsq_levels:
-        try:
-            overrides["fsq_levels"] = tuple(int(level) for level in str(fsq_levels).split(","))
-        except ValueError:
-            raise ValueError(f"--fsq-levels must be comma-separated integers like 8,5,5,5, got {fsq_levels!r}") from None
-    if spatial_compression is not None:
-        overrides.update(spatial_compression_overrides(video_tokenizer_preset(preset), spatial_compression))
-    # VQ codebooks are EMA buffers: without sync every rank would learn its own codebook.
-    model_config = video_tokenizer_preset(preset, **overrides, vq_sync_codebook=True)
-    if code_noise:
-        check_code_noise(model_config, code_noise, "--code-noise")
-    dataset = ClipDataset(manifest, num_frames=num_frames, size=size,
-                          temporal_compression=model_config.temporal_compression, fps=fps, cache_bytes=cache_bytes)
-
-    def export(model: nn.Module, directory: Path) -> None:
-        from dataclasses import replace
-
-        standalone = VideoTokenizer(replace(model.config, vq_sync_codebook=False))
-        standalone.load_state_dict(model.state_dict())
-        standalone.save_pretrained(directory)
-
-    start_weights = None if init_from is None else _tokenizer_start_weights(init_from, model_config)
-
-    def build_model() -> VideoTokenizer:
-        model = VideoTokenizer(model_config)
-        if start_weights is not None:
-            model.load_state_dict(start_weights)
-        if decoder_only:
-            model.freeze_encoder()
-        return model
-
-    return run_training(config, ds_config, build_model, dataset,
-                        lambda model, batch, generator: model.training_loss(batch, code_noise, generator),
-                        clip_frame_count, export,
-                        run_info={"model_config": asdict(model_config), "manifest": str(manifest),
-                                  "init_from": None if init_from is None else str(init_from),
-                                  "decoder_only": decoder_only, "code_noise": code_noise})
-
-
-def spatial_compression_overrides(preset_config, spatial_compression: int) -> dict:
-    """Config overrides that give `preset_config` another spatial compression: one per-frame level per
-    factor of two, each new level twice as wide as the last (as the preset's own levels grow), and fewer
-    levels for less compression."""
-    from tokvid.models.video_tokenizer import frame_levels
-
-    levels = frame_levels(spatial_compression, preset_config.stem_patch, "--spatial-compression")
-    widths = list(preset_config.frame_channels[:levels])
-    while len(widths) < levels:
-        widths.append(2 * widths[-1])
-    return {"spatial_compression": spatial_compression, "frame_channels": tuple(widths)}
-
-
-def _tokenizer_start_weights(source: str | Path, model_config) -> dict[str, torch.Tensor]:
-    """The weights of the video tokenizer `source` (a directory or bundled name), checked against the
-    configuration this run builds (trainers set vq_sync_codebook, exports clear it; how the decoder is
-    trained may change)."""
-    from tokvid.models.video_tokenizer import DECODER_TRAINING_FIELDS, VideoTokenizer
-
-    return _checked_start_weights(VideoTokenizer.from_pretrained(source), source, model_config, "tokenizer",
-                                  "the --preset, --quantizer, --fsq-levels, --local-codes and --spatial-compression",
-                                  ignore=("vq_sync_codebook", *DECODER_TRAINING_FIELDS))
-
-
-def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: str | Path, preset: str = "small",
-                          num_frames: int = 17, text_tokenizer: str | Path | None = None,
-                          video_tokenizer: str | Path | None = None, text_vocab_size: int = 256,
-                          text_length: int = 16, window_chunks: int = 4,
-                          digit_head: bool | None = None, digit_mixture: int = 1, token_patch: int = 1,
-                          init_from: str | Path | None = None) -> TrainingResult:
-    """Train a Generator on token shards; exports a pipeline directory (generator, both tokenizers).
-
-    digit_head predicts an FSQ code's digits independently instead of one softmax over codes
-    (GeneratorConfig.digit_head); None = a digit head exactly when the video tokenizer is FSQ.
-    digit_mixture > 1 makes that head a mixture of digit products (GeneratorConfig.digit_mixture); a
-    fine-tune may widen a one-product start into one. token_patch > 1 puts a token_patch x token_patch patch
-    of tokens in each transformer position (GeneratorConfig.token_patch): a cheaper step.
-
-    init_from (a generator or pipeline directory) starts from trained weights instead of random ones
-    (fine-tuning, e.g. with a lower --lr); the model this run builds must have the same configuration.
-
-    Without `text_tokenizer`, one is trained on the shards' prompts into RUN/text_tokenizer.
-    `video_tokenizer` (default: the name recorded in the shards) goes into the exported pipeline.
-    """
-    from tokvid.datasets import TokenChunkDataset, chunk_token_count
-    from tokvid.models.generator import Generator, generator_config_preset
-    from tokvid.pipeline import save_pipeline
-    from tokvid.shards import TokenShards
-    from tokvid.story import num_chunks_for_frames
-    from tokvid.models.text_tokenizer import TextTokenizer, manifest_captions, train_text_tokenizer
-    from tokvid.models.video_tokenizer import VideoTokenizer
-
-    rank, _ = setup_distributed()
-    shards = TokenShards(shards_dir)
-    tokenizer_name = video_tokenizer or shards.info["tokenizer"]["name"]
-    try:
-        video_model = VideoTokenizer.from_pretrained(tokenizer_name)
-    except ValueError as error:
-        raise ValueError(f"{error}; pass --video-tokenizer with the tokenizer that made {shards_dir}") from None
-    shards.check_tokenizer(video_model)
-    fsq = video_model.config.quantizer == "fsq"
-    if digit_head and not fsq:
-        raise ValueError(f"a digit head needs an FSQ video tokenizer; {tokenizer_name} uses "
-                         f"{video_model.config.quantizer!r}: train with --head codes")
-    # Measured on shapes-v1 (README design notes): the digit head learns colour and motion within the CPU
-    # budget where one softmax over all codes still draws only background.
-    digit_head = fsq if digit_head is None else digit_head
-    text_dir = Path(text_tokenizer) if text_tokenizer else Path(config.out_dir) / "text_tokenizer"
-    if not text_tokenizer and rank == 0 and not (text_dir / "config.json").is_file():
-        train_text_tokenizer(manifest_captions(shards.meta), text_dir, vocab_size=text_vocab_size,
-                             max_length=text_length, seed=config.seed)
-    dist.barrier()
-    text_model = TextTokenizer.from_pretrained(text_dir)
-    max_chunks = num_chunks_for_frames(num_frames, video_model.temporal_compression)
-    start = None if init_from is None else _start_generator(init_from)
-    window_chunks = _fine_tuning_window(window_chunks, max_chunks, start)
-    height, width = shards.info["grid"]
-    model_config = generator_config_preset(
-        preset, codebook_size=video_model.vocab_size, text_vocab_size=text_model.vocab_size,
-        text_length=text_model.max_length, chunk_height=height, chunk_width=width,
-        window_chunks=window_chunks, text_pad_id=text_model.pad_id,
-        text_bos_id=text_model.bos_id, text_eos_id=text_model.eos_id,
-        # FSQ codes are digit tuples: embedding them by digits shares what is learnt across neighbouring codes
-        code_levels=list(video_model.config.fsq_levels) if fsq else None, digit_head=digit_head,
-        digit_mixture=digit_mixture, token_patch=token_patch)
-    dataset = TokenChunkDataset(shards, text_model, max_chunks)
-    start_weights = None if start is None else _generator_start_weights(start, init_from, model_config, config.seed)
-    code_counts = torch.from_numpy(shards.code_counts(video_model.vocab_size))  # what sampling may draw
-
-    def build_model() -> Generator:
-        model = Generator(model_config)
-        if start_weights is not None:
-            model.load_state_dict(start_weights)
-        model.code_counts.copy_(code_counts)
-        return model
-
-    def loss(model: nn.Module, batch: dict, generator: torch.Generator):
-        return model.training_loss(batch["codes"], batch["text"], batch["chunk_valid"], generator=generator)
-
-    def export(model: nn.Module, directory: Path) -> None:
-        save_pipeline(directory, model, text_model, video_model, fps=shards.info.get("fps") or 8.0)
-
-    return run_training(config, ds_config, build_model, dataset, loss, chunk_token_count,
-                        export, run_info={"model_config": asdict(model_config), "shards": str(shards_dir),
-                                          "init_from": None if init_from is None else str(init_from),
-                                          "text_tokenizer": str(text_dir), "video_tokenizer": str(tokenizer_name)})
-
-
-def _start_generator(source: str | Path) -> nn.Module:
-    """The generator in `source` (a generator or pipeline directory) that fine-tuning starts from."""
-    from tokvid.models.generator import Generator
-
-    directory = Path(source)
-    return Generator.from_pretrained(directory / "generator" if (directory / "generator").is_dir() else directory)
-
-
-def _generator_start_weights(start: nn.Module, source: str | Path, model_config, seed: int) -> dict:
-    """The start generator's weights for the model this run builds; a one-product digit head is widened
-    into a digit mixture when the run asks for one."""
-    from tokvid.models.generator import widen_digit_head
-
-    widen = start.config.digit_mixture == 1 and model_config.digit_mixture > 1
-    weights = _checked_start_weights(start, source, model_config, "generator",
-                                     "the preset, --window-chunks, --head, --digit-mixture, --token-patch and tokenizers",
-                                     ignore=("digit_mixture",) if widen else ())
-    if widen:
-        weights["head.weight"] = widen_digit_head(weights["head.weight"], model_config.digit_mixture, seed)
-    return weights
-
-
-def _fine_tuning_window(window_chunks: int, max_chunks: int, start: nn.Module | None) -> int:
-    """The attention window the run builds: the requested one, capped by the chunks in a training clip.
-    A fine-tune on clips shorter than the start's window keeps the start's window, as long as the two
-    agree on every window these clips can fill; anything else stays a configuration mismatch."""
-    window = min(window_chunks, max_chunks)
-    if start is not None and min(start.config.window_chunks, max_chunks) == window:
-        return start.config.window_chunks
-    return window
-
-
-def _checked_start_weights(start: nn.Module, source: str | Path, model_config, what: str, settings: str,
-                           ignore: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """start's weights, or a ValueError naming every config field in which it differs from model_config."""
-    ours, theirs = asdict(model_config), asdict(start.config)
-    different = sorted(key for key in ours if ours[key] != theirs[key] and key not in ignore)
-    if different:
-        raise ValueError(f"--init-from {source}: its {what} differs from the one this run builds in {different}; "
-                         f"use {settings} it was trained with")
-    return start.state_dict()
