@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from prefix_sampler import sample_without_cache  # noqa: E402
+from tokvid.sampling import sample  # noqa: E402
 
 PROMPT = "a red circle moves right"
 STORY = [("a red circle moves right", 16), ("a red circle moves down", 16)]
@@ -53,7 +55,7 @@ def _model_facts(pipe) -> dict:
             "chunk_tokens": config.chunk_tokens, "text_length": config.text_length,
             "window_chunks": config.window_chunks, "fps": pipe.fps,
             "temporal_compression": pipe.video_tokenizer.temporal_compression,
-            "defaults": {k: v for k, v in vars(pipe.defaults).items()}}
+            "defaults": {k: v for k, v in vars(pipe.sampling).items()}}
 
 
 def phase_steps(params: dict) -> dict:
@@ -61,19 +63,17 @@ def phase_steps(params: dict) -> dict:
     import torch
 
     pipe = _load(params)
-    defaults, steps, frames = pipe.defaults, params["steps"], params["frames"]
+    sampling, steps, frames = pipe.sampling, params["steps"], params["frames"]
     chunks = _chunks_for(pipe, frames)
     text = _prompt_text(pipe, chunks)
 
     def tokens_only():
-        pipe.generator.generate(text, num_chunks=chunks, steps=steps, cfg_scale=defaults.cfg_scale,
-                                temperature=defaults.temperature, top_k=defaults.top_k, order=defaults.order,
-                                window_chunks=defaults.window_chunks, generator=torch.Generator().manual_seed(0))
+        sample(pipe.generator, text, chunks, config=sampling, steps=steps, generator=torch.Generator().manual_seed(0))
 
     generate = common.time_median(tokens_only, reps=params["reps"])
     end_to_end = common.time_median(lambda: pipe(PROMPT, num_frames=frames, seed=0, steps=steps), reps=params["reps"])
     video_seconds = frames / pipe.fps
-    return {"steps": steps, "frames": frames, "chunks": chunks, "cfg_scale": defaults.cfg_scale,
+    return {"steps": steps, "frames": frames, "chunks": chunks, "cfg_scale": sampling.cfg_scale,
             "generate": generate, "end_to_end": end_to_end,
             "seconds_per_chunk": generate["median_s"] / chunks,
             "seconds_per_video_second": end_to_end["median_s"] / video_seconds, **_model_facts(pipe)}
@@ -96,16 +96,15 @@ def phase_kv(params: dict) -> dict:
         recompute = common.time_median(lambda: generator(tokens, text), reps=params["reps"])
         with_cache = common.time_median(lambda: generator.logits_with_cache(tokens, text), reps=params["reps"])
         # Sampling: the cache serves past chunks; without it every MaskGIT step re-runs the whole prefix.
-        settings = dict(num_chunks=chunks, steps=pipe.defaults.steps, cfg_scale=pipe.defaults.cfg_scale,
-                        temperature=pipe.defaults.temperature)
         codes = {}
 
-        def sample(use_cache: bool):
-            codes[use_cache] = generator.generate(text, generator=torch.Generator().manual_seed(0),
-                                                  use_cache=use_cache, **settings)
+        def sample_codes(use_cache: bool):
+            rng = torch.Generator().manual_seed(0)
+            codes[use_cache] = sample(generator, text, config=pipe.sampling, generator=rng) if use_cache \
+                else sample_without_cache(generator, text, pipe.sampling, generator=rng)
 
-        sample_cached = common.time_median(lambda: sample(True), reps=params["reps"])
-        sample_recompute = common.time_median(lambda: sample(False), reps=1, warmup=0)
+        sample_cached = common.time_median(lambda: sample_codes(True), reps=params["reps"])
+        sample_recompute = common.time_median(lambda: sample_codes(False), reps=1, warmup=0)
     return {"chunks": chunks, "full_recompute": recompute, "kv_cache": with_cache,
             "speedup": recompute["median_s"] / with_cache["median_s"],
             "max_abs_logit_diff": float((full.float() - cached.float()).abs().max()),
@@ -137,7 +136,7 @@ def phase_default(params: dict) -> dict:
     else:
         run = lambda: shapes.append(pipe.story(STORY, seed=0, **overrides).frames.shape)  # noqa: E731
     timing = common.time_median(run, reps=params["reps"])
-    settings = {**vars(pipe.defaults), **overrides}
+    settings = {**vars(pipe.sampling), **overrides}
     return {"kind": params["kind"], "video_shape": list(shapes[-1]), "frames": shapes[-1][0], "timing": timing,
             "seconds": timing["median_s"], "steps": settings["steps"], "cfg_scale": settings["cfg_scale"],
             **_model_facts(pipe)}

@@ -152,19 +152,16 @@ def phase_flops(params: dict) -> dict:
 
 def generator_closed_form_flops(model, batch: int, chunks: int, masked_tokens: float) -> float:
     """6 x (block matmul params) per position + attention scores/values over the allowed keys + output head on
-    masked tokens, + a token patch's merge and split maps per video position. With clean_context the training
-    sequence holds a clean copy of chunks 0..t-2 besides the masked chunks (it is work the training method
-    needs, so it counts)."""
+    masked tokens, + a token patch's merge and split maps per video position. The training sequence holds a
+    clean copy of chunks 0..t-2 besides the masked chunks (it is work the training method needs, so it
+    counts)."""
     import torch
 
     config = model.config
     per_chunk = config.sequence_per_chunk
     window = config.window_chunks
-    if config.clean_context:
-        keys_per_query_chunk = ([min(c + 1, window) * per_chunk for c in range(chunks - 1)]  # clean copy
-                                + [(min(c, window - 1) + 1) * per_chunk for c in range(chunks)])  # targets
-    else:  # one sequence, masked everywhere
-        keys_per_query_chunk = [min(c + 1, window) * per_chunk for c in range(chunks)]
+    keys_per_query_chunk = ([min(c + 1, window) * per_chunk for c in range(chunks - 1)]  # clean copy
+                            + [(min(c, window - 1) + 1) * per_chunk for c in range(chunks)])  # targets
     positions = batch * len(keys_per_query_chunk) * per_chunk
     keys = batch * per_chunk * sum(keys_per_query_chunk)  # query-key pairs
     block_params = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
@@ -254,7 +251,7 @@ def bench_model(script: Path, model: str, preset: str, token_patch: int, global_
     flops = common.run_phase(script, "flops", {**params, "micro_batch": global_batch}, threads=1)
     if model == "generator":  # the GEMM of the MLP's first layer over every position of a step
         config, chunks = _generator_config(params)
-        sequence_chunks = 2 * chunks - 1 if config.clean_context else chunks
+        sequence_chunks = 2 * chunks - 1  # the clean copy of the context, then the masked chunks
         shape = [global_batch * sequence_chunks * config.sequence_per_chunk, config.dim, 4 * config.dim]
     else:  # oneDNN convolutions run near the machine's peak, so compare with a well-shaped square GEMM
         shape = [1024, 1024, 1024]

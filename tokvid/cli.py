@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from .config_flags import add_config_flags, add_retired_flags, config_flags_given
@@ -64,6 +65,9 @@ def generate_parser() -> argparse.ArgumentParser:
     add_retired_flags(gen, RETIRED_SAMPLING_FLAGS)
     gen.add_argument("--negative-prompt", default=None, help="the unconditional stream's prompt (with --cfg-scale > 1)")
     gen.add_argument("--prime", default=None, help="image or video to continue from (image-to-video)")
+    gen.add_argument("--strict", action="store_true",
+                     help="stop (exit 2) on words the model never saw or a prompt longer than it reads, "
+                          "instead of warning")
     gen.add_argument("--no-sheet", action="store_true", help="do not write the contact-sheet PNG")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -89,23 +93,22 @@ def generate_main(argv=None) -> None:
     if args.story is not None:
         story = parse_story_string(args.story, pipe.fps)
     prime = read_video(args.prime) if args.prime else None
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-        bar = tqdm(desc="chunks", unit="chunk", file=sys.stderr)
+    bars = []  # made at the first chunk, so that warnings about the prompts print before it
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            from tqdm import tqdm
+            bars.append(tqdm(desc="chunks", unit="chunk", total=total, file=sys.stderr))
+        bars[0].n = done
+        bars[0].refresh()
 
-    common = dict(seed=args.seed, negative_prompt=args.negative_prompt, prime_frames=prime,
-                  progress=progress if bar is not None else None, **options)
+    common = dict(seed=args.seed, negative_prompt=args.negative_prompt, prime_frames=prime, strict=args.strict,
+                  progress=None if args.quiet else progress, **options)
     if story is not None:
         result = pipe.story(story, **common)
     else:
         result = pipe(args.prompt, num_frames=args.num_frames, **common)
-    if bar:
+    for bar in bars:
         bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, result.frames, fps=result.fps)
@@ -117,7 +120,12 @@ def generate_main(argv=None) -> None:
 
 
 def tokvid_entry() -> None:
+    warnings.showwarning = _one_line_warning
     sys.exit(run_cli(generate_main, prog="tokvid"))
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"tokvid: warning: {message}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ overriding SamplingConfig's defaults) and the three parts in `generator/`, `text
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from .models.generator import Generator
-from .models.text_tokenizer import TextTokenizer
+from .models.text_tokenizer import PromptWarning, TextTokenizer
 from .models.video_tokenizer import BUNDLED_DIR, VideoTokenizer
 from .persistence import ArtefactFormat, config_from_fields, read_config_json, write_config_json
 from .sampling import SamplingConfig, redraw_first_latent, sample, with_options
@@ -72,7 +73,11 @@ class TokVidPipeline:
 
     # -- generation
     def __call__(self, prompt: str, num_frames: int = 17, seed: int = 0, **options) -> VideoOutput:
-        """One prompt held for the whole video of num_frames frames (the first frame included)."""
+        """One prompt held for the whole video of num_frames frames (the first frame included).
+
+        Options: SamplingConfig fields, negative_prompt, prime_frames (an image or frames to continue),
+        progress(done, total), strict (a ValueError instead of a PromptWarning for words the model never
+        saw or a prompt longer than it reads)."""
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a whole number >= 1, got {num_frames!r}")
         segments = validate_segments([(prompt, max(num_frames - 1, 1))])
@@ -83,11 +88,20 @@ class TokVidPipeline:
         segments = validate_segments(segments)
         return self._generate(segments, total_frames=1 + sum(f for _, f in segments), seed=seed, **options)
 
+    def check_prompts(self, prompts: list[str], strict: bool = False) -> None:
+        """Warn (PromptWarning), or with strict raise ValueError, about what of the prompts the model cannot read."""
+        problems = [problem for prompt in dict.fromkeys(prompts) for problem in self.text_tokenizer.prompt_problems(prompt)]
+        if problems and strict:
+            raise ValueError("; ".join(problems))
+        for problem in problems:
+            warnings.warn(problem, PromptWarning, stacklevel=4)
+
     def _generate(self, segments, total_frames: int, seed: int, negative_prompt: str | None = None,
                   prime_frames: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None,
-                  **overrides) -> VideoOutput:
+                  strict: bool = False, **overrides) -> VideoOutput:
         """segments: an already validated story (the public entry points validate it)."""
         settings = with_options(self.sampling, overrides)
+        self.check_prompts([p for p, _ in segments] + ([negative_prompt] if negative_prompt else []), strict)
         tc = self.video_tokenizer.temporal_compression
         device = next(self.generator.parameters()).device
         prime_codes = self._encode_prime(prime_frames, device) if prime_frames is not None else None
@@ -96,12 +110,12 @@ class TokVidPipeline:
         owners = chunk_segments([f for _, f in segments], tc)[:story_chunks]
         # primed videos continue after the prime's last frame, so the story's leading chunk is not generated
         owners = [0] * prime_chunks + (owners[1:] if prime_chunks else owners)
-        prompt_ids = self.text_tokenizer.batch([p for p, _ in segments], length=self.generator.config.text_length)
+        with warnings.catch_warnings():  # a cut prompt was reported by check_prompts already
+            warnings.simplefilter("ignore", PromptWarning)
+            prompt_ids = self.text_tokenizer.batch([p for p, _ in segments], length=self.generator.config.text_length)
+            negative = None if negative_prompt is None else self.text_tokenizer.batch(
+                [negative_prompt], length=self.generator.config.text_length).expand(len(owners), -1)[None].to(device)
         text = prompt_ids[torch.tensor(owners)].unsqueeze(0).to(device)
-        negative = None
-        if negative_prompt is not None:
-            negative_ids = self.text_tokenizer.batch([negative_prompt], length=self.generator.config.text_length)
-            negative = negative_ids.expand(len(owners), -1).unsqueeze(0).to(device)
         generator = torch.Generator(device=device).manual_seed(int(seed))
         codes = sample(self.generator, text, len(owners), config=settings, negative_text=negative,
                        prime_codes=prime_codes, generator=generator, progress=progress)

@@ -7,6 +7,8 @@ generator config can rely on them.
 from __future__ import annotations
 
 import io
+import re
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,6 +22,15 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 FORMAT = ArtefactFormat(tag="tokvid-text-tokenizer-v1", what="text tokenizer",
                         legacy_tags={"model_type": "tokvid_text_tokenizer"})
 MODEL_FILE = "text_tokenizer.model"
+
+
+class PromptWarning(UserWarning):
+    """A prompt the model can only partly read: words it never saw, or more text than it takes."""
+
+
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt as the tokenizer folds them (NFKC, case-folded), punctuation dropped."""
+    return re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold())
 
 
 def train_text_tokenizer(captions: Iterable[str], out_dir: str | Path | None = None, vocab_size: int = 256,
@@ -51,7 +62,8 @@ def train_text_tokenizer(captions: Iterable[str], out_dir: str | Path | None = N
         )
     except RuntimeError as error:
         raise ValueError(f"SentencePiece training failed ({error}); try a larger vocab_size or more captions") from error
-    tokenizer = TextTokenizer(model.getvalue(), max_length=max_length)
+    words = {word for caption in corpus for word in prompt_words(caption)}
+    tokenizer = TextTokenizer(model.getvalue(), max_length=max_length, words=words)
     if out_dir is not None:
         tokenizer.save_pretrained(out_dir)
     return tokenizer
@@ -74,9 +86,12 @@ def manifest_captions(items: Iterable[dict]) -> list[str]:
 
 
 class TextTokenizer:
-    """Encodes prompts to `[bos, pieces..., eos]`, at most `max_length` ids, padded with `pad_id` in batches."""
+    """Encodes prompts to `[bos, pieces..., eos]`, at most `max_length` ids, padded with `pad_id` in batches.
 
-    def __init__(self, model_bytes: bytes, max_length: int = 16):
+    `words`: the words of the captions it was trained on (recorded by train_text_tokenizer; None for a
+    tokenizer saved before they were), so that a prompt's unknown words can be named."""
+
+    def __init__(self, model_bytes: bytes, max_length: int = 16, words: Iterable[str] | None = None):
         if max_length < 3:
             raise ValueError(f"max_length must be >= 3 to hold bos, one piece and eos (got {max_length})")
         processor = spm.SentencePieceProcessor()
@@ -89,6 +104,7 @@ class TextTokenizer:
         self._model_bytes = bytes(model_bytes)
         self._processor = processor
         self._max_length = int(max_length)
+        self.words = None if words is None else frozenset(words)
 
     @property
     def vocab_size(self) -> int:
@@ -146,8 +162,10 @@ class TextTokenizer:
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write `text_tokenizer.model` and `config.json` into `directory`."""
+        known = {} if self.words is None else {"words": sorted(self.words)}
         write_config_json(directory, FORMAT, {"max_length": self._max_length, "vocab_size": self.vocab_size,
-                                              "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id})
+                                              "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
+                                              **known})
         (Path(directory) / MODEL_FILE).write_bytes(self._model_bytes)
 
     @classmethod
@@ -161,7 +179,25 @@ class TextTokenizer:
             raise ValueError(f"{directory} is not a text tokenizer directory: no {MODEL_FILE} ({hint})")
         if not isinstance(config.get("max_length"), int):
             raise ValueError(f"{Path(directory) / 'config.json'} lacks an integer max_length ({hint})")
-        return cls(model_path.read_bytes(), max_length=config["max_length"])
+        return cls(model_path.read_bytes(), max_length=config["max_length"], words=config.get("words"))
+
+    def prompt_problems(self, prompt: str) -> list[str]:
+        """What of `prompt` this tokenizer cannot pass on, one line each: words its training captions never
+        had (naming the words it knows), and text beyond max_length (saying how many words fit)."""
+        words = prompt_words(prompt) if isinstance(prompt, str) else []
+        if not words:
+            raise ValueError(f"prompt {prompt!r} has no words; describe the video, e.g. \"a red circle moves right\"")
+        problems = []
+        unknown = [] if self.words is None else sorted(set(words) - self.words, key=words.index)
+        if unknown:
+            problems.append(f"this model never saw {', '.join(repr(w) for w in unknown)} in {prompt!r}; the words "
+                            f"it knows: {' '.join(sorted(self.words))}")
+        limit = self._max_length - 2
+        if len(self._processor.encode(prompt)) > limit:
+            fit = next(n for n in range(len(words), -1, -1) if len(self._processor.encode(" ".join(words[:n]))) <= limit)
+            problems.append(f"prompt {prompt!r} is too long for this model: it reads {fit} of its {len(words)} words "
+                            f"({limit} text pieces); the rest is cut")
+        return problems
 
     def _encode(self, prompt: str, limit: int) -> list[int]:
         if not isinstance(prompt, str):
@@ -170,7 +206,7 @@ class TextTokenizer:
             raise ValueError("empty prompt; describe the video, e.g. \"a red circle moves right\"")
         pieces = self._processor.encode(prompt)
         if len(pieces) + 2 > limit:
-            warnings.warn(f"prompt {prompt!r} has {len(pieces)} pieces; cut to {limit - 2} to fit {limit} ids "
-                          "with bos/eos (raise max_length to keep it whole)", stacklevel=3)
+            warnings.warn(f"prompt {prompt!r} has {len(pieces)} text pieces; cut to the {limit - 2} that fit",
+                          PromptWarning, stacklevel=3)
             pieces = pieces[: limit - 2]
         return [self.bos_id, *pieces, self.eos_id]

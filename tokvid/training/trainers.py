@@ -35,23 +35,12 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
     from init_from's, since it changes no code.
     """
     from tokvid.datasets import ClipDataset, clip_frame_count
-    from tokvid.models.video_tokenizer import VideoTokenizer, check_code_noise, video_tokenizer_preset
+    from tokvid.models.video_tokenizer import VideoTokenizer, check_code_noise
 
     if decoder_only and init_from is None:
         raise ValueError("--decoder-only needs --init-from: it fine-tunes the decoder of a trained tokenizer")
 
-    overrides = {} if quantizer is None else {"quantizer": quantizer}
-    if clamped_loss:
-        overrides["clamped_loss"] = True
-    if fsq_levels:
-        try:
-            overrides["fsq_levels"] = tuple(int(level) for level in str(fsq_levels).split(","))
-        except ValueError:
-            raise ValueError(f"--fsq-levels must be comma-separated integers like 8,5,5,5, got {fsq_levels!r}") from None
-    if spatial_compression is not None:
-        overrides.update(spatial_compression_overrides(video_tokenizer_preset(preset), spatial_compression))
-    # VQ codebooks are EMA buffers: without sync every rank would learn its own codebook.
-    model_config = video_tokenizer_preset(preset, **overrides, vq_sync_codebook=True)
+    model_config = _tokenizer_config(preset, quantizer, fsq_levels, spatial_compression, clamped_loss)
     if code_noise:
         check_code_noise(model_config, code_noise, "--code-noise")
     dataset = ClipDataset(manifest, num_frames=num_frames, size=size,
@@ -80,6 +69,25 @@ def train_video_tokenizer(config: TrainingConfig, ds_config: dict, manifest: str
                         run_info={"model_config": asdict(model_config), "manifest": str(manifest),
                                   "init_from": None if init_from is None else str(init_from),
                                   "decoder_only": decoder_only, "code_noise": code_noise})
+
+
+def _tokenizer_config(preset: str, quantizer: str | None, fsq_levels: str | None, spatial_compression: int | None,
+                      clamped_loss: bool):
+    """The preset with the run's overrides; VQ codebooks are EMA buffers: without sync every rank would
+    learn its own codebook."""
+    from tokvid.models.video_tokenizer import video_tokenizer_preset
+
+    overrides = {} if quantizer is None else {"quantizer": quantizer}
+    if clamped_loss:
+        overrides["clamped_loss"] = True
+    if fsq_levels:
+        try:
+            overrides["fsq_levels"] = tuple(int(level) for level in str(fsq_levels).split(","))
+        except ValueError:
+            raise ValueError(f"--fsq-levels must be comma-separated integers like 8,5,5,5, got {fsq_levels!r}") from None
+    if spatial_compression is not None:
+        overrides.update(spatial_compression_overrides(video_tokenizer_preset(preset), spatial_compression))
+    return video_tokenizer_preset(preset, **overrides, vq_sync_codebook=True)
 
 
 def spatial_compression_overrides(preset_config, spatial_compression: int) -> dict:
@@ -115,8 +123,8 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     """Train a Generator on token shards; exports a pipeline directory (generator, both tokenizers).
 
     digit_head predicts an FSQ code's digits independently instead of one softmax over codes
-    (GeneratorConfig.digit_head); None = a digit head exactly when the video tokenizer is FSQ. token_patch > 1 puts a token_patch x token_patch patch
-    of tokens in each transformer position (GeneratorConfig.token_patch): a cheaper step.
+    (GeneratorConfig.digit_head); None = a digit head exactly when the video tokenizer is FSQ. token_patch
+    > 1 puts a token_patch x token_patch patch of tokens in each transformer position: a cheaper step.
 
     init_from (a generator or pipeline directory) starts from trained weights instead of random ones
     (fine-tuning, e.g. with a lower --lr); the model this run builds must have the same configuration.
@@ -129,17 +137,9 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     from tokvid.pipeline import save_pipeline
     from tokvid.shards import TokenShards
     from tokvid.story import num_chunks_for_frames
-    from tokvid.models.text_tokenizer import TextTokenizer, manifest_captions, train_text_tokenizer
-    from tokvid.models.video_tokenizer import VideoTokenizer
 
-    rank, _ = setup_distributed()
     shards = TokenShards(shards_dir)
-    tokenizer_name = video_tokenizer or shards.info["tokenizer"]["name"]
-    try:
-        video_model = VideoTokenizer.from_pretrained(tokenizer_name)
-    except ValueError as error:
-        raise ValueError(f"{error}; pass --video-tokenizer with the tokenizer that made {shards_dir}") from None
-    shards.check_tokenizer(video_model)
+    tokenizer_name, video_model = _shards_video_tokenizer(shards, shards_dir, video_tokenizer)
     fsq = video_model.config.quantizer == "fsq"
     if digit_head and not fsq:
         raise ValueError(f"a digit head needs an FSQ video tokenizer; {tokenizer_name} uses "
@@ -148,11 +148,8 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     # budget where one softmax over all codes still draws only background.
     digit_head = fsq if digit_head is None else digit_head
     text_dir = Path(text_tokenizer) if text_tokenizer else Path(config.out_dir) / "text_tokenizer"
-    if not text_tokenizer and rank == 0 and not (text_dir / "config.json").is_file():
-        train_text_tokenizer(manifest_captions(shards.meta), text_dir, vocab_size=text_vocab_size,
-                             max_length=text_length, seed=config.seed)
-    dist.barrier()
-    text_model = TextTokenizer.from_pretrained(text_dir)
+    text_model = _prompt_tokenizer(shards, text_dir, train=not text_tokenizer, vocab_size=text_vocab_size,
+                                   max_length=text_length, seed=config.seed)
     max_chunks = num_chunks_for_frames(num_frames, video_model.temporal_compression)
     start = None if init_from is None else _start_generator(init_from)
     window_chunks = _fine_tuning_window(window_chunks, max_chunks, start)
@@ -187,6 +184,32 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
                         export, run_info={"model_config": asdict(model_config), "shards": str(shards_dir),
                                           "init_from": None if init_from is None else str(init_from),
                                           "text_tokenizer": str(text_dir), "video_tokenizer": str(tokenizer_name)})
+
+
+def _shards_video_tokenizer(shards, shards_dir: str | Path, name: str | Path | None) -> tuple[str, nn.Module]:
+    """The video tokenizer that made `shards` (`name`, default the one they record), checked against them."""
+    from tokvid.models.video_tokenizer import VideoTokenizer
+
+    name = name or shards.info["tokenizer"]["name"]
+    try:
+        model = VideoTokenizer.from_pretrained(name)
+    except ValueError as error:
+        raise ValueError(f"{error}; pass --video-tokenizer with the tokenizer that made {shards_dir}") from None
+    shards.check_tokenizer(model)
+    return str(name), model
+
+
+def _prompt_tokenizer(shards, directory: Path, train: bool, vocab_size: int, max_length: int, seed: int):
+    """The text tokenizer in `directory`; with train=True rank 0 first trains it on the shards' prompts (once:
+    a resumed run finds it there)."""
+    from tokvid.models.text_tokenizer import TextTokenizer, manifest_captions, train_text_tokenizer
+
+    rank, _ = setup_distributed()
+    if train and rank == 0 and not (directory / "config.json").is_file():
+        train_text_tokenizer(manifest_captions(shards.meta), directory, vocab_size=vocab_size,
+                             max_length=max_length, seed=seed)
+    dist.barrier()
+    return TextTokenizer.from_pretrained(directory)
 
 
 def _start_generator(source: str | Path) -> nn.Module:
