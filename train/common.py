@@ -33,7 +33,9 @@ def training_parser(description: str, retired: dict[str, str] | None = None) -> 
 
 def run_training_script(args: argparse.Namespace, train: Callable[[TrainingConfig, dict], TrainingResult],
                         throughput_unit: str) -> int:
-    """Logging, threads, configs, then train(config, ds_config); errors become exit codes (1 stopped, 2 bad input)."""
+    """Logging, threads, configs, then train(config, ds_config). Exit codes: 0 finished, 1 stopped by the
+    engine (see the message), 2 bad input, 128 + the signal for a run interrupted by SIGINT (130) or SIGTERM
+    (143) after saving, so that a scheduler or a script does not take it for finished."""
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,4 +53,8 @@ def run_training_script(args: argparse.Namespace, train: Callable[[TrainingConfi
     if rank == 0:
         print(f"{result.status} at step {result.step}; skipped steps {result.skipped_steps}, "
               f"unusable items {result.bad_items}; export: {result.export_dir}")
+    if result.signal:
+        print(f"rank {rank}: interrupted by signal {result.signal} after saving step {result.step}; continue with "
+              "the same command and --resume auto", file=sys.stderr)
+        return 128 + result.signal
     return 0

@@ -109,6 +109,7 @@ class TrainingResult:
     bad_items: int
     export_dir: str | None = None
     losses: list[float | None] = field(default_factory=list)  # per step run in this process (None = skipped)
+    signal: int = 0  # the signal that interrupted the run (SIGINT 2, SIGTERM 15), 0 if none
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,6 +168,47 @@ class LossModule(nn.Module):
 
     def forward(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         return self.loss_fn(self.model, batch, generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# stop signals
+
+
+class StopRequest:
+    """SIGINT and SIGTERM ask the run to stop after the current step, with a checkpoint.
+
+    Schedulers (scancel, docker stop, Kubernetes) and Ctrl-C signal the whole process group, and the
+    launchers (deepspeed, torchrun) then forward a signal of their own to each rank, so a rank sees two
+    in quick succession: repeats within GRACE_SECONDS are the same request. A signal after that, or a
+    third one, stops at once without saving (the previous checkpoint stays).
+    """
+
+    GRACE_SECONDS = 10.0
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.signum = 0
+        self.received: list[float] = []
+
+    def install(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received.append(time.monotonic())
+        if not self.signum:
+            self.signum = signum
+            logger.warning("rank %d got signal %d: saving a checkpoint at the end of this step", self.rank, signum)
+        elif len(self.received) >= 3 or self.received[-1] - self.received[0] > self.GRACE_SECONDS:
+            logger.error("rank %d got signal %d again: stopping now, without saving this step", self.rank, signum)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,6 +279,8 @@ class _Trainer:
         self.rank, self.world_size = setup_distributed()
         self.run_dir = Path(config.out_dir)
         self.resume_from = resolve_resume(self.run_dir, config.resume)
+        if config.resume == "auto" and self.resume_from is None and self.rank == 0:
+            logger.warning("--resume auto: no complete checkpoint in %s, starting from step 0", self.run_dir)
         self.ds_config = build_ds_config(ds_config, config)
         self.zero_stage = self.ds_config["zero_optimization"]["stage"]
 
@@ -266,7 +310,7 @@ class _Trainer:
         self.float_dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
         self.loader = ResumableLoader(dataset, config.micro_batch, config.seed, self.rank, self.world_size)
         self.step, self.skipped_total, self.consecutive_skips = 0, 0, 0
-        self.stop_requested = False
+        self.stop = StopRequest(self.rank)
         self.bad_reports, self.bad_names = 0, {}  # bad items reported by all ranks, and their merged names
 
     # -- lifecycle
@@ -277,8 +321,8 @@ class _Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         self.metrics = MetricsLog(self.run_dir, self.rank == 0, self.step)
-        losses, status = [], "finished"
-        previous_handlers = self._install_signal_handlers()
+        losses, status, stop_signal = [], "finished", 0
+        previous_handlers = self.stop.install()
         from tqdm import tqdm
 
         bar = tqdm(total=self.config.max_steps, initial=self.step, disable=self.rank != 0, unit="step",
@@ -286,13 +330,14 @@ class _Trainer:
         try:
             while self.step < self.config.max_steps:
                 self.step += 1
-                record, stop = self._train_step()
+                record, stop_signal = self._train_step()
                 losses.append(record["loss"])
                 bar.update(1)
                 bar.set_postfix(loss=record["loss"], skipped=self.skipped_total)
-                if stop:
+                if stop_signal:
                     self._save()
-                    logger.info("stop requested by a signal: saved step %d, exiting", self.step)
+                    logger.warning("interrupted by signal %d: saved step %d; continue with --resume auto",
+                                   stop_signal, self.step)
                     status = "interrupted"
                     break
                 if self.step % self.config.save_every == 0 or self.step == self.config.max_steps:
@@ -301,31 +346,14 @@ class _Trainer:
         finally:
             bar.close()
             self.metrics.close()
-            self._restore_signal_handlers(previous_handlers)
+            StopRequest.restore(previous_handlers)
         return TrainingResult(self.step, status, self.skipped_total, len(self.bad_names),
-                              str(export_dir) if export_dir else None, losses)
-
-    def _install_signal_handlers(self) -> dict:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def request_stop(signum, frame):
-            if self.stop_requested:  # a second signal (or the launcher escalating): stop now, without saving
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-            self.stop_requested = True
-            logger.warning("rank %d got signal %d: saving a checkpoint at the end of this step", self.rank, signum)
-
-        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+                              str(export_dir) if export_dir else None, losses,
+                              signal=stop_signal)
 
     # -- one optimizer step
-    def _train_step(self) -> tuple[dict, bool]:
-        """One optimizer step; returns its metrics record and whether a rank asked to stop."""
+    def _train_step(self) -> tuple[dict, int]:
+        """One optimizer step; returns its metrics record and the signal a rank got asking to stop (0: none)."""
         started = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         losses_finite, means, units = self._forward_backward()
@@ -401,13 +429,15 @@ class _Trainer:
         means = (packed[1:] / self.world_size).tolist()
         return bool(packed[0] == 0), dict(zip(["loss", *keys], means))
 
-    def _agree_on_step_end(self) -> tuple[bool, int]:
-        """Signal flag and unusable-data count over all ranks; stops when too much data is bad."""
-        packed = torch.tensor([float(self.stop_requested), float(len(self.loader.bad_items))],
-                              dtype=torch.float64, device=self.device)
+    def _agree_on_step_end(self) -> tuple[int, int]:
+        """The stop signal any rank got (0: none) and the unusable-data count over all ranks; stops when too
+        much data is bad."""
+        packed = torch.tensor([float(self.stop.signum == signal.SIGTERM), float(self.stop.signum == signal.SIGINT),
+                               float(len(self.loader.bad_items))], dtype=torch.float64, device=self.device)
         dist.all_reduce(packed)
-        if int(packed[1]) != self.bad_reports:  # some rank met a new bad item: merge names (ranks may share items)
-            self.bad_reports = int(packed[1])
+        stop_signal = signal.SIGTERM if packed[0] else signal.SIGINT if packed[1] else 0
+        if int(packed[2]) != self.bad_reports:  # some rank met a new bad item: merge names (ranks may share items)
+            self.bad_reports = int(packed[2])
             per_rank = [None] * self.world_size
             dist.all_gather_object(per_rank, {self.dataset.describe(i): why for i, why in self.loader.bad_items.items()})
             self.bad_names = {name: why for found in per_rank for name, why in found.items()}
@@ -416,7 +446,7 @@ class _Trainer:
             raise TrainingStopped(
                 f"{len(self.bad_names)} of {len(self.dataset)} data items are unusable, more than "
                 f"--max-bad-data-fraction {self.config.max_bad_data_fraction}; fix or remove them:\n{listing}")
-        return bool(packed[0] > 0), len(self.bad_names)
+        return int(stop_signal), len(self.bad_names)
 
     # -- checkpoints
     def _save(self) -> None:
