@@ -13,7 +13,7 @@ be cut" and read_video relies on the frame count or duration the container decla
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 # Top-level ISO BMFF / QuickTime box types that can open a file: anything else is not an MP4.
 MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp", b"sidx", b"moof",
@@ -23,8 +23,13 @@ MATROSKA_SEGMENT = b"\x18\x53\x80\x67"
 GIF_TRAILER = 0x3B
 
 
-def truncation_in_bytes(path: str | Path) -> str | None:
-    """Why the file is shorter than its own structure declares, or None (whole, or cannot tell)."""
+class Truncation(NamedTuple):
+    reason: str  # what the structure declares against what the file has
+    whole_frames: int | None = None  # frames that arrived complete, where the bytes tell (GIF)
+
+
+def truncation_in_bytes(path: str | Path) -> Truncation | None:
+    """How the file is shorter than its own structure declares, or None (whole, or cannot tell)."""
     path = Path(path)
     size = path.stat().st_size
     with path.open("rb") as file:
@@ -43,7 +48,7 @@ def truncation_in_bytes(path: str | Path) -> str | None:
         end = walk(file, size)
     if end is None or end <= size:
         return None
-    return f"it has {size} bytes, but its {kind} declare at least {end}"
+    return Truncation(f"it has {size} bytes, but its {kind} declare at least {end}")
 
 
 def _mp4_end(file: BinaryIO, size: int) -> int | None:
@@ -115,11 +120,11 @@ def _vint_length(first_byte: int) -> int:
     return 0
 
 
-def _gif_truncation(data: bytes) -> str | None:
+def _gif_truncation(data: bytes) -> Truncation | None:
     """Walk the GIF block structure up to its trailer; count the images that arrived whole."""
     size = len(data)
     if size < 13:
-        return f"it has {size} bytes, fewer than a GIF header"
+        return Truncation(f"it has {size} bytes, fewer than a GIF header", 0)
     position, images = 13, 0
     if data[10] & 0x80:  # global colour table
         position += 3 << ((data[10] & 7) + 1)
@@ -138,8 +143,8 @@ def _gif_truncation(data: bytes) -> str | None:
             images += position <= size
         else:
             return None  # an unknown block: damaged, not cut; FFmpeg's decoder has the say
-    return (f"it ends after {images} complete image{'s' if images != 1 else ''} "
-            f"without the GIF end marker (byte 0x3B)")
+    return Truncation(f"it ends after {images} complete image{'s' if images != 1 else ''} "
+                      f"without the GIF end marker (byte 0x3B)", images)
 
 
 def _skip_sub_blocks(data: bytes, position: int) -> int:

@@ -109,7 +109,8 @@ class ContainerInfo:
     time_base: Fraction
     declared_frames: int  # 0: the container does not say
     declared_seconds: float | None  # Matroska/WebM: the duration its header promises
-    truncation: str | None  # the bytes are cut (container_bytes), or None
+    truncation: str | None  # how the bytes are cut (container_bytes), or None
+    whole_frames: int | None  # of a cut file, the frames that arrived complete, where the bytes tell
     seekable: bool
     times: np.ndarray | None = None  # pts of all frames in presentation order; None: unknown
     times_known: bool = False  # the demux pass ran (times may still be None: unusable)
@@ -126,6 +127,8 @@ class ContainerInfo:
     def presentation_times(self) -> np.ndarray | None:
         if not self.times_known:
             self.times, self.times_known = _presentation_times(self.path), True
+            if self.times is not None and self.declared_frames and len(self.times) != self.declared_frames:
+                self.times = None  # packets and frames disagree (or the file is cut): frame i is not packet i
             _INFO_CACHE.note_size()
         return self.times
 
@@ -177,7 +180,8 @@ def container_info(path: Path) -> ContainerInfo:
 
 
 def _open_info(path: Path) -> ContainerInfo:
-    truncation = truncation_in_bytes(path)
+    cut = truncation_in_bytes(path)
+    truncation, whole_frames = (cut.reason, cut.whole_frames) if cut else (None, None)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -190,7 +194,7 @@ def _open_info(path: Path) -> ContainerInfo:
                 path=path, fps=float(rate) if rate else FOLDER_FPS, time_base=stream.time_base or Fraction(1),
                 declared_frames=int(stream.frames or 0) if promises else 0,
                 declared_seconds=_matroska_duration(container, stream) if "matroska" in format_name else None,
-                truncation=truncation, seekable=not any(f in format_name for f in UNSEEKABLE_FORMATS))
+                truncation=truncation, whole_frames=whole_frames, seekable=not any(f in format_name for f in UNSEEKABLE_FORMATS))
     except ValueError as error:
         if not isinstance(error, av.FFmpegError):
             raise
@@ -277,6 +281,8 @@ def _frames_from_start(info: ContainerInfo, ending: _Ending) -> Iterator[TimedFr
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for _, frame in _decode(container, stream, ending):
+            if ending.decoded == info.whole_frames:
+                break  # FFmpeg decodes a GIF's cut last image too; it is not a frame of the file
             seconds = frame.time if frame.time is not None else ending.decoded / info.fps
             ending.decoded += 1
             yield seconds, (lambda f=frame: f.to_ndarray(format="rgb24"))
