@@ -18,7 +18,8 @@ def samples(tmp_path_factory):
     files = {}
     for container in CONTAINERS:
         for count in (1, 2, 9):
-            files[container, count] = write_sample(folder / f"whole{count}.{container}", noise_frames(count, seed=count))
+            path = folder / f"whole{count}.{container}"
+            files[container, count] = write_sample(path, noise_frames(count, seed=count))
         data = files[container, 9].read_bytes()
         for percent in CUTS:
             cut = folder / f"cut{percent}.{container}"

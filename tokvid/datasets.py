@@ -170,14 +170,17 @@ class ClipDataset:
     def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         # the start is a pure function of (seed, epoch, item) and the file: resumed runs read the same clips
         total = len(self._cache[index]) if index in self._cache else count_frames(self.describe(index), fps=self.fps)
+        whole = self._whole(index) if total <= self.SMALL_VIDEO_WINDOWS * self.num_frames else None
+        if whole is not None:
+            total = len(whole)  # what decoded rules, as when every video was decoded whole
         if total == 1:
-            return frames_to_tensor(np.repeat(self._whole(index), self.num_frames, axis=0))
+            return frames_to_tensor(np.repeat(whole, self.num_frames, axis=0))
         if total < self.num_frames:
             raise ValueError(f"{self.describe(index)} has {total} frames, fewer than num_frames="
                              f"{self.num_frames}; lower --num-frames or remove the video")
         start = int(rng.integers(0, total - self.num_frames + 1))
-        if total <= self.SMALL_VIDEO_WINDOWS * self.num_frames:
-            frames = self._whole(index)[start:start + self.num_frames]
+        if whole is not None:
+            frames = whole[start:start + self.num_frames]
         else:
             frames = read_video(self.describe(index), fps=self.fps, size=self.size, start_frame=start,
                                 num_frames=self.num_frames)

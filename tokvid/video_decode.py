@@ -194,7 +194,8 @@ def _open_info(path: Path) -> ContainerInfo:
                 path=path, fps=float(rate) if rate else FOLDER_FPS, time_base=stream.time_base or Fraction(1),
                 declared_frames=int(stream.frames or 0) if promises else 0,
                 declared_seconds=_matroska_duration(container, stream) if "matroska" in format_name else None,
-                truncation=truncation, whole_frames=whole_frames, seekable=not any(f in format_name for f in UNSEEKABLE_FORMATS))
+                truncation=truncation, whole_frames=whole_frames,
+                seekable=not any(name in format_name for name in UNSEEKABLE_FORMATS))
     except ValueError as error:
         if not isinstance(error, av.FFmpegError):
             raise
