@@ -6,6 +6,7 @@ import pytest
 from video_samples import CONTAINERS, noise_frames, write_sample
 
 import tokvid.video_decode as video_decode
+from tokvid.container_bytes import truncation_in_bytes
 from tokvid.video_io import TruncatedVideoError, TruncatedVideoWarning, count_frames, read_video
 
 CUTS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99)  # percent of the file's bytes kept
@@ -85,3 +86,20 @@ def test_promised_frames_or_duration_catch_cuts_the_bytes_would_miss(samples, co
             read_video(samples[container, f"cut{percent}"])
     finally:
         video_decode._INFO_CACHE.entries.clear()
+
+
+def test_byte_framing_tells_cut_from_unknown(tmp_path):
+    ebml_header = bytes.fromhex("1a45dfa3") + bytes([0x80 | 4]) + b"webm"
+    segment = bytes.fromhex("18538067")
+    known = tmp_path / "known.webm"
+    known.write_bytes(ebml_header + segment + bytes([0x80 | 100]) + b"x" * 40)  # declares 100, holds 40
+    assert "has 54 bytes, but its Matroska/WebM elements declare at least 114" in truncation_in_bytes(known).reason
+    live = tmp_path / "live.webm"
+    live.write_bytes(ebml_header + segment + bytes.fromhex("01ffffffffffffff") + b"x" * 40)  # "unknown size"
+    assert truncation_in_bytes(live) is None
+    gif = tmp_path / "a.gif"
+    write_sample(gif, noise_frames(3))
+    data = gif.read_bytes()
+    assert truncation_in_bytes(gif) is None and data[-1] == 0x3B
+    gif.write_bytes(data[:-1])  # only the trailer is missing: every image is whole
+    assert truncation_in_bytes(gif).whole_frames == 3

@@ -20,6 +20,7 @@ MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"
                    b"uuid", b"junk"}
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 MATROSKA_SEGMENT = b"\x18\x53\x80\x67"
+MATROSKA_TOP_LEVEL = (EBML_MAGIC, MATROSKA_SEGMENT, b"\xec", b"\xbf")  # header, segment, Void, CRC-32
 GIF_TRAILER = 0x3B
 
 
@@ -81,6 +82,8 @@ def _riff_end(file: BinaryIO, size: int) -> int | None:
         header = file.read(8)
         if len(header) < 8:
             return offset + 8
+        if header[:4] != b"RIFF":
+            return None  # AVI parts are RIFF chunks; anything else is not ours to judge
         chunk_size = int.from_bytes(header[4:8], "little")
         if chunk_size == 0 and offset == 0:
             return None  # written as a stream: the size was never filled in
@@ -98,6 +101,8 @@ def _ebml_end(file: BinaryIO, size: int) -> int | None:
             return None  # not an element: damaged, not cut
         if len(header) <= id_length:
             return offset + id_length + 1  # cut inside an element header
+        if header[:id_length] not in MATROSKA_TOP_LEVEL:
+            return None  # trailing bytes of some other writer, not ours to judge
         size_length = _vint_length(header[id_length])
         if not size_length:
             return None
