@@ -7,7 +7,7 @@ from tokvid.datasets import (ClipDataset, ResumableLoader, TokenChunkDataset, ch
                              epoch_permutation)
 from tokvid.shards import ShardWriter, TokenShards
 from tokvid.story import chunk_segments
-from tokvid.video_io import write_video
+from tokvid.video_io import frames_to_tensor, read_video, write_video
 
 
 class NumberedItems:
@@ -165,6 +165,21 @@ def test_decoded_clip_cache_is_bounded(clip_files):
     for index in range(4):
         dataset.load(index, np.random.default_rng(0))
     assert len(dataset._cache) == 2 and dataset._cached_bytes <= dataset.cache_bytes
+
+
+def test_long_videos_are_read_window_by_window_and_not_cached(tmp_path, monkeypatch):
+    frames = np.random.default_rng(1).integers(0, 255, (41, 16, 16, 3), dtype=np.uint8)  # > 4 windows of 5
+    write_video(tmp_path / "long.mp4", frames, fps=8, quality="lossless")
+    dataset = ClipDataset([{"path": str(tmp_path / "long.mp4"), "caption": "c"}], num_frames=5, size=16,
+                          temporal_compression=4, fps=4)
+    whole = read_video(tmp_path / "long.mp4", fps=4)
+    reads = []
+    monkeypatch.setattr("tokvid.datasets.read_video", lambda *a, **k: reads.append(k) or read_video(*a, **k))
+    for seed in range(6):
+        clip = dataset.load(0, np.random.default_rng(seed))
+        start = int(np.random.default_rng(seed).integers(0, len(whole) - 5 + 1))  # the draw load makes
+        assert torch.equal(clip, frames_to_tensor(whole[start:start + 5]))
+    assert not dataset._cache and all(k["num_frames"] == 5 for k in reads) and len(reads) == 6
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import torch
 
 from tokvid.cli import decode_main, encode_main, run_cli
 from tokvid.shards import ShardWriter, TokenShards, tokenizer_info
-from tokvid.video_io import frames_to_tensor, read_video, write_video
 from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+from tokvid.video_io import TruncatedVideoWarning, frames_to_tensor, read_video, write_video
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,21 @@ def test_corrupt_video_stops_or_is_skipped(saved_tokenizers, manifest, tmp_path,
     assert "bad.mp4" in capsys.readouterr().err
     assert run_cli(encode_main, args + ["--out", str(tmp_path / "b"), "--skip-bad"], prog="tokvid-encode") == 0
     assert len(TokenShards(tmp_path / "b")) == 3
+
+
+def test_truncated_video_stops_or_is_encoded_in_part_with_allow_partial(saved_tokenizers, manifest, tmp_path,
+                                                                        capsys):
+    whole = (manifest.parent / "v0.mp4").read_bytes()  # 11 frames
+    (manifest.parent / "cut.mp4").write_bytes(whole[: len(whole) * 8 // 10])
+    cut_manifest = manifest.parent / "with_cut.jsonl"
+    cut_manifest.write_text(json.dumps({"path": "cut.mp4", "caption": "cut"}) + "\n")
+    args = ["--tokenizer", str(saved_tokenizers[0]), "--manifest", str(cut_manifest), "--quiet"]
+    assert run_cli(encode_main, args + ["--out", str(tmp_path / "a")], prog="tokvid-encode") == 2
+    assert "truncated" in capsys.readouterr().err
+    with pytest.warns(TruncatedVideoWarning, match="cut.mp4"):
+        assert run_cli(encode_main, args + ["--out", str(tmp_path / "b"), "--allow-partial"], prog="tokvid-encode") == 0
+    codes, meta = TokenShards(tmp_path / "b")[0]
+    assert meta["num_frames"] < 9 and codes.shape[0] == 1 + (meta["num_frames"] - 1) // 4  # the whole file gives 9
 
 
 def test_shard_writer_splits_and_reads_back(tmp_path):

@@ -66,6 +66,9 @@ def test_check_manifest_counts_each_problem(tmp_path):
     write_video(tmp_path / "small.mp4", clip[:, :16, :16], quality="lossless")
     write_video(tmp_path / "story.mp4", clip, quality="lossless")
     (tmp_path / "corrupt.mp4").write_bytes(b"garbage")
+    write_video(tmp_path / "cut.mkv", clip, quality="lossless")
+    whole = (tmp_path / "cut.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(whole[: len(whole) * 9 // 10])  # decodes without an FFmpeg error
     manifest = write_lines(tmp_path / "m.jsonl", [json.dumps(line) for line in [
         {"path": "good.mp4", "caption": "c"},
         {"path": "short.mp4", "caption": "c"},
@@ -73,12 +76,15 @@ def test_check_manifest_counts_each_problem(tmp_path):
         {"path": "gone.mp4", "caption": "c"},
         {"path": "corrupt.mp4", "caption": "c"},
         {"path": "story.mp4", "story": [{"prompt": "p", "frames": 16}]},
+        {"path": "cut.mkv", "caption": "c"},
     ]])
     report = check_manifest(manifest, num_frames=9, size=32)
-    assert report["counts"] == {"missing": 1, "corrupt": 1, "too_short": 1, "wrong_size": 1, "story_mismatch": 1}
-    assert report["ok"] == 1 and report["items"] == 6 and report["bad"] == 5
+    assert report["counts"] == {"missing": 1, "truncated": 1, "corrupt": 1, "too_short": 1, "wrong_size": 1,
+                                "story_mismatch": 1}
+    assert report["ok"] == 1 and report["items"] == 7 and report["bad"] == 6
     text = format_report(report)
-    assert "6 items: 1 ok, 5 with problems" in text and "gone.mp4" in text and "too short: 1" in text
+    assert "7 items: 1 ok, 6 with problems" in text and "gone.mp4" in text and "too short: 1" in text
+    assert "truncated: 1" in text and "cut.mkv" in report["truncated"][0][0]
     # size is a minimum unless exact_size: 32x32 frames are fine for 16, wrong for exactly 16
     assert check_manifest(manifest, size=16)["counts"]["wrong_size"] == 0
     assert check_manifest(manifest, size=16, exact_size=True)["counts"]["wrong_size"] == 3

@@ -146,7 +146,7 @@ def data_parser() -> argparse.ArgumentParser:
     footage.add_argument("--frames", type=positive_int, default=17)
     footage.add_argument("--size", type=positive_int, default=64)
     footage.add_argument("--seed", type=int, default=0)
-    check = commands.add_parser("check", help="report missing, corrupt, too-short and wrongly sized items")
+    check = commands.add_parser("check", help="report missing, truncated, corrupt, too-short and wrongly sized items")
     check.add_argument("manifest")
     check.add_argument("--num-frames", type=positive_int, default=None, help="minimum frames per video item")
     check.add_argument("--size", type=positive_int, default=None, help="minimum frame side")
@@ -194,6 +194,7 @@ def encode_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frames", type=positive_int, default=None)
     parser.add_argument("--chunk-latents", type=positive_int, default=16, help="latent frames coded at once (memory)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable videos instead of stopping")
+    parser.add_argument("--allow-partial", action="store_true", help="encode what is readable of truncated videos")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -204,7 +205,7 @@ def encode_main(argv=None) -> None:
 
     summary = encode_videos(args.tokenizer, args.out, manifest=args.manifest, videos_dir=args.videos, size=args.size,
                             fps=args.fps, max_frames=args.max_frames, chunk_latents=args.chunk_latents,
-                            skip_bad=args.skip_bad, progress=not args.quiet)
+                            skip_bad=args.skip_bad, progress=not args.quiet, allow_partial=args.allow_partial)
     print(f"wrote {summary['items']} items to {args.out} ({summary['skipped']} skipped)")
 
 

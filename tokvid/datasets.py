@@ -23,7 +23,7 @@ import torch
 
 from tokvid.manifest import item_segments, read_manifest
 from tokvid.story import chunk_segments
-from tokvid.video_io import frames_to_tensor, read_video
+from tokvid.video_io import count_frames, frames_to_tensor, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +137,16 @@ class ClipDataset:
     the causal tokenizer codes and decodes frame 0 of any clip from that frame alone, so the image
     is trained exactly as a 1-frame clip would be, plus still-video frames, and every batch keeps
     one shape (a different number of forward passes per rank would deadlock ZeRO-3's parameter
-    gathering). Videos with 2..num_frames-1 frames are unusable (ValueError). Decoded videos are
-    kept in a bounded LRU cache.
+    gathering). Videos with 2..num_frames-1 frames are unusable (ValueError).
+
+    The window's start is drawn from the frame count, which comes from the file's timestamps
+    without decoding (video_io.count_frames), and only the window is decoded (read_video seeks
+    to the keyframe before it). Whole decoded videos are kept in a bounded LRU cache only when
+    they are short (at most SMALL_VIDEO_WINDOWS windows long): decoding those whole costs about
+    what one window costs, and a dataset of short clips then decodes each clip once.
     """
+
+    SMALL_VIDEO_WINDOWS = 4
 
     def __init__(self, items: list[dict] | str | Path, num_frames: int, size: int | tuple[int, int],
                  temporal_compression: int, fps: float | None = None, cache_bytes: int = 1 << 30):
@@ -161,24 +168,36 @@ class ClipDataset:
         return str(self.items[index]["path"])
 
     def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        frames = self._frames(index)
-        if len(frames) == 1:
-            frames = np.repeat(frames, self.num_frames, axis=0)
-        elif len(frames) < self.num_frames:
-            raise ValueError(f"{self.describe(index)} has {len(frames)} frames, fewer than num_frames="
+        # the start is a pure function of (seed, epoch, item) and the file: resumed runs read the same clips
+        total = len(self._cache[index]) if index in self._cache else count_frames(self.describe(index), fps=self.fps)
+        whole = self._whole(index) if total <= self.SMALL_VIDEO_WINDOWS * self.num_frames else None
+        if whole is not None:
+            total = len(whole)  # what decoded rules, as when every video was decoded whole
+        if total == 1:
+            return frames_to_tensor(np.repeat(whole, self.num_frames, axis=0))
+        if total < self.num_frames:
+            raise ValueError(f"{self.describe(index)} has {total} frames, fewer than num_frames="
                              f"{self.num_frames}; lower --num-frames or remove the video")
-        start = int(rng.integers(0, len(frames) - self.num_frames + 1))
-        return frames_to_tensor(frames[start:start + self.num_frames])
+        start = int(rng.integers(0, total - self.num_frames + 1))
+        if whole is not None:
+            frames = whole[start:start + self.num_frames]
+        else:
+            frames = read_video(self.describe(index), fps=self.fps, size=self.size, start_frame=start,
+                                num_frames=self.num_frames)
+        if len(frames) != self.num_frames:  # the timestamps promised frames that do not decode
+            raise ValueError(f"{self.describe(index)}: read {len(frames)} frames at frame {start}, "
+                             f"not {self.num_frames}; check the file with tokvid-data check")
+        return frames_to_tensor(frames)
 
     def collate(self, samples: list[torch.Tensor]) -> torch.Tensor:
         """(B, 3, num_frames, H, W) in [-1, 1]."""
         return torch.stack(samples)
 
-    def _frames(self, index: int) -> np.ndarray:
+    def _whole(self, index: int) -> np.ndarray:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        frames = read_video(self.items[index]["path"], fps=self.fps, size=self.size)
+        frames = read_video(self.describe(index), fps=self.fps, size=self.size)
         self._cache[index] = frames
         self._cached_bytes += frames.nbytes
         while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:

@@ -31,8 +31,11 @@ def list_items(manifest: str | Path | None, videos_dir: str | Path | None) -> li
 def encode_videos(tokenizer: str | Path, out_dir: str | Path, manifest: str | Path | None = None,
                   videos_dir: str | Path | None = None, size: int | None = None, fps: float | None = None,
                   max_frames: int | None = None, chunk_latents: int = 16, skip_bad: bool = False,
-                  progress: bool = False) -> dict:
-    """Encode every video of a manifest (or folder) into token shards; returns counts."""
+                  progress: bool = False, allow_partial: bool = False) -> dict:
+    """Encode every video of a manifest (or folder) into token shards; returns counts.
+
+    allow_partial: encode the readable frames of truncated videos (read_video warns) instead of
+    stopping (or, with skip_bad, skipping them)."""
     model = VideoTokenizer.from_pretrained(tokenizer)
     tc, sc = model.temporal_compression, model.spatial_compression
     items = list_items(manifest, videos_dir)
@@ -44,7 +47,8 @@ def encode_videos(tokenizer: str | Path, out_dir: str | Path, manifest: str | Pa
     with ShardWriter(out_dir, tokenizer_info(model, tokenizer), fps=fps) as writer:
         for item in iterator:
             try:
-                frames = read_video(item["path"], num_frames=max_frames, fps=fps, size=size)
+                frames = read_video(item["path"], num_frames=max_frames, fps=fps, size=size,
+                                    allow_partial=allow_partial)
                 height, width = frames.shape[1:3]
                 if height % sc or width % sc:
                     raise ValueError(f"{item['path']}: frames are {height}x{width}, not multiples of {sc}; pass --size")

@@ -11,7 +11,7 @@ import csv
 import json
 from pathlib import Path
 
-from tokvid.video_io import read_video
+from tokvid.video_io import TruncatedVideoError, read_video
 
 
 def read_manifest(path: str | Path) -> list[dict]:
@@ -103,16 +103,17 @@ def item_segments(item: dict, num_frames: int | None = None) -> list[tuple[str, 
 
 def check_manifest(path: str | Path, num_frames: int | None = None,
                    size: int | tuple[int, int] | None = None, exact_size: bool = False) -> dict:
-    """Open every item and report problems: missing, corrupt, too short (fewer than num_frames;
-    1-frame images are counted as images, not as too short), wrong size and stories whose frame
-    count is neither sum(frames) + 1 nor sum(frames).
+    """Open every item and report problems: missing, truncated (the file ends before what its
+    container promises: cut bytes, fewer frames or a shorter duration), corrupt, too short (fewer
+    than num_frames; 1-frame images are counted as images, not as too short), wrong size and
+    stories whose frame count is neither sum(frames) + 1 nor sum(frames).
 
     size (int: square, or (H, W)) is the smallest usable frame size: read_video can crop and shrink
     larger frames, but would have to blow up smaller ones. exact_size=True demands exactly size.
     The report has the lists, their "counts", "ok" items and "bad" (items with any problem)."""
     items = read_manifest(path)
     want_hw = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
-    report = {"items": len(items), "ok": 0, "images": 0, "missing": [], "corrupt": [],
+    report = {"items": len(items), "ok": 0, "images": 0, "missing": [], "truncated": [], "corrupt": [],
               "too_short": [], "wrong_size": [], "story_mismatch": []}
     for item in items:
         video_path = Path(item["path"])
@@ -121,6 +122,9 @@ def check_manifest(path: str | Path, num_frames: int | None = None,
             continue
         try:
             frames = read_video(video_path)
+        except TruncatedVideoError as error:
+            report["truncated"].append([item["path"], str(error)])
+            continue
         except ValueError as error:
             report["corrupt"].append([item["path"], str(error)])
             continue
@@ -142,7 +146,7 @@ def check_manifest(path: str | Path, num_frames: int | None = None,
                 problems += 1
         report["ok"] += problems == 0
     report["counts"] = {key: len(report[key]) for key in
-                        ("missing", "corrupt", "too_short", "wrong_size", "story_mismatch")}
+                        ("missing", "truncated", "corrupt", "too_short", "wrong_size", "story_mismatch")}
     report["bad"] = report["items"] - report["ok"]
     return report
 

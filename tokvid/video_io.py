@@ -1,20 +1,27 @@
 """Video files <-> uint8 frame arrays (T, H, W, 3) RGB, and frames <-> model tensors.
 
-Reading goes through PyAV (mp4/webm/mov/mkv/avi/gif) or Pillow (single images and folders of
-images). Writing makes H.264 .mp4 files (or .gif). Every failure to read a file becomes a
-ValueError that names the file and the reason, so callers never see an FFmpeg traceback.
+Reading goes through PyAV (mp4/webm/mov/mkv/avi/gif, see video_decode.py) or Pillow (single
+images and folders of images). Writing makes H.264 .mp4 files (or .gif). Every failure to read
+a file becomes a ValueError that names the file and the reason, so callers never see an FFmpeg
+traceback; a file that ends early is a TruncatedVideoError (docs/video-io.md).
 """
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import av
 import numpy as np
 from PIL import Image
+
+from .video_decode import (FOLDER_FPS, TimedFrame, TruncatedVideoError,  # noqa: F401 (the errors are public)
+                           TruncatedVideoWarning, collect_window, container_info, read_container,
+                           resample_by_time)
+from .video_decode import reason as _reason
 
 if TYPE_CHECKING:  # torch is only needed by the two tensor helpers; keep plain video IO light
     import torch
@@ -28,27 +35,24 @@ QUALITY_CRF = {"low": 28, "medium": 23, "high": 17}
 # "lossless" is exact RGB (libx264rgb, crf 0): datasets keep their exact palette colours.
 QUALITIES = (*QUALITY_CRF, "lossless")
 
-# A folder of images has no timing of its own; this is the frame rate we assume for it.
-FOLDER_FPS = 8.0
-# Timestamps in containers are rounded to their time base; this slack (seconds) absorbs that.
-TIME_SLACK = 1e-3
-
-# A decoded frame whose pixels are only converted to RGB if it is actually kept.
-TimedFrame = tuple[float, Callable[[], np.ndarray]]
-
 
 # ----------------------------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------------------------
 
 def read_video(path: str | Path, num_frames: int | None = None, fps: float | None = None,
-               size: int | tuple[int, int] | None = None, start_frame: int = 0) -> np.ndarray:
+               size: int | tuple[int, int] | None = None, start_frame: int = 0,
+               allow_partial: bool = False) -> np.ndarray:
     """Read a video file, a folder of images or a single image into uint8 (T, H, W, 3) RGB.
 
     fps: resample to this rate by timestamps (frames are dropped or repeated).
     size: int (square) or (H, W); frames are resized keeping aspect so that the target is
     covered, then centre cropped. start_frame / num_frames count frames *after* resampling,
     so read_video(p, fps=8, start_frame=s, num_frames=n) == read_video(p, fps=8)[s:s + n].
+    A window (start_frame > 0) seeks to the keyframe before it and decodes only up to its end.
+    A file that ends before what its container promises (cut bytes, fewer frames or a shorter
+    duration than declared) raises TruncatedVideoError (a ValueError); allow_partial=True
+    returns the frames that could be read with a TruncatedVideoWarning instead.
     """
     path = Path(path)
     if num_frames is not None and (int(num_frames) != num_frames or num_frames < 1):
@@ -57,40 +61,27 @@ def read_video(path: str | Path, num_frames: int | None = None, fps: float | Non
         raise ValueError(f"fps must be a positive number or None, got {fps!r}")
     if int(start_frame) != start_frame or start_frame < 0:
         raise ValueError(f"start_frame must be an integer >= 0, got {start_frame!r}")
+    start_frame = int(start_frame)
     target_hw = _as_height_width(size)
+
+    def convert(frame: np.ndarray) -> np.ndarray:
+        return frame if target_hw is None else resize_cover(frame, target_hw)
 
     if not path.exists():
         raise ValueError(f"cannot read {path}: no such file or folder")
-    if path.is_dir():
-        timed, source_fps, finish = _folder_frames(path), FOLDER_FPS, None
-    elif path.suffix.lower() in IMAGE_EXTENSIONS:
-        image = _read_image(path)
-        timed, source_fps, finish = iter([(0.0, lambda: image)]), FOLDER_FPS, None
+    if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
+        if path.is_dir():
+            timed = _folder_frames(path)
+        else:
+            image = _read_image(path)
+            timed = iter([(0.0, lambda: image)])
+        if fps is not None:
+            timed = resample_by_time(timed, fps, last_frame_seconds=1.0 / FOLDER_FPS)
+        frames, _ = collect_window(timed, start_frame, num_frames, convert)
     else:
         if path.stat().st_size == 0:
             raise ValueError(f"cannot read video {path}: the file is empty (0 bytes)")
-        decoder = _ContainerDecoder(path)
-        timed, source_fps, finish = decoder.frames(), decoder.fps, decoder.check_complete
-
-    decoded = timed
-    if fps is not None:
-        timed = _resample_by_time(decoded, fps, last_frame_seconds=1.0 / source_fps)
-    frames = []
-    reached_end = True
-    try:
-        for index, (_, pixels) in enumerate(timed):
-            if index < start_frame:
-                continue
-            frame = pixels()
-            frames.append(frame if target_hw is None else resize_cover(frame, target_hw))
-            if num_frames is not None and len(frames) == num_frames:
-                reached_end = False
-                break
-    finally:
-        for generator in (timed, decoded):  # stopping early: close the container now, not at GC
-            getattr(generator, "close", lambda: None)()
-    if reached_end and finish is not None:
-        finish()  # raises ValueError if the file turned out to be truncated
+        frames = read_container(path, start_frame, num_frames, fps, convert, allow_partial)
     if not frames:
         raise ValueError(f"cannot read {path}: no frames at or after start_frame={start_frame}"
                          if start_frame else f"cannot read {path}: it contains no frames")
@@ -108,54 +99,37 @@ def video_fps(path: str | Path) -> float:
         return FOLDER_FPS
     if path.stat().st_size == 0:
         raise ValueError(f"cannot read video {path}: the file is empty (0 bytes)")
-    return _ContainerDecoder(path).fps
+    return container_info(path).fps
 
 
-class _ContainerDecoder:
-    """Opens a container with PyAV and turns every FFmpeg error into a ValueError."""
+def count_frames(path: str | Path, fps: float | None = None) -> int:
+    """len(read_video(path, fps=fps)), from timestamps alone where the container has them.
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.decoded = 0
-        try:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise ValueError(f"cannot read video {path}: the file has no video stream")
-                stream = container.streams.video[0]
-                rate = stream.guessed_rate or stream.average_rate or stream.base_rate
-                self.fps = float(rate) if rate else FOLDER_FPS
-                self.declared_frames = int(stream.frames or 0)
-        except ValueError as error:
-            if not isinstance(error, av.FFmpegError):
-                raise
-            raise ValueError(f"cannot read video {path}: {_reason(error)}") from None
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"cannot read video {path}: {_reason(error)}") from None
-
-    def frames(self) -> Iterator[TimedFrame]:
-        try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                for frame in container.decode(stream):
-                    seconds = frame.time if frame.time is not None else self.decoded / self.fps
-                    self.decoded += 1
-                    yield seconds, (lambda f=frame: f.to_ndarray(format="rgb24"))
-        except (av.FFmpegError, OSError) as error:
-            raise ValueError(f"cannot read video {self.path}: undecodable data after "
-                             f"{self.decoded} frames ({_reason(error)})") from None
-
-    def check_complete(self) -> None:
-        if self.decoded == 0:
-            raise ValueError(f"cannot read video {self.path}: no frame could be decoded")
-        if self.declared_frames and self.decoded < self.declared_frames:
-            raise ValueError(f"cannot read video {self.path}: the file is truncated "
-                             f"(decoded {self.decoded} of {self.declared_frames} frames)")
-
-
-def _reason(error: Exception) -> str:
-    text = getattr(error, "strerror", None) or str(error)
-    return re.sub(r"^\[Errno -?\d+\]\s*", "", text).split(":")[0].strip() or type(error).__name__
+    A video's packets are read once (not decoded) and the count is cached per file version, so
+    a dataset can draw a window's start without decoding the video. A truncated file's count is
+    what could be read; read_video still raises for it.
+    """
+    path = Path(path)
+    if fps is not None and not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps must be a positive number or None, got {fps!r}")
+    if not path.exists():
+        raise ValueError(f"cannot read {path}: no such file or folder")
+    if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
+        count = len(_image_files(path)) if path.is_dir() else 1
+        if fps is None:
+            return count
+        return sum(1 for _ in resample_by_time(((i / FOLDER_FPS, i) for i in range(count)), fps, 1.0 / FOLDER_FPS))
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read video {path}: the file is empty (0 bytes)")
+    info = container_info(path)
+    ticks = info.tick_sources(fps)
+    if ticks is not None:
+        return len(ticks)
+    if fps not in info.decoded_counts:  # timestamps cannot index the frames: count them by decoding, once
+        with warnings.catch_warnings():  # a truncated file is reported when it is read, not when counted
+            warnings.simplefilter("ignore", TruncatedVideoWarning)
+            info.decoded_counts[fps] = len(read_video(path, fps=fps, allow_partial=True))
+    return info.decoded_counts[fps]
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -171,34 +145,18 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def _folder_frames(folder: Path) -> Iterator[TimedFrame]:
+def _image_files(folder: Path) -> list[Path]:
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
                    key=lambda p: _natural_key(p.name))
     if not files:
         raise ValueError(f"cannot read {folder}: the folder has no image files "
                          f"({', '.join(IMAGE_EXTENSIONS)})")
-    for index, file in enumerate(files):
+    return files
+
+
+def _folder_frames(folder: Path) -> Iterator[TimedFrame]:
+    for index, file in enumerate(_image_files(folder)):
         yield index / FOLDER_FPS, (lambda f=file: _read_image(f))
-
-
-def _resample_by_time(timed: Iterable[TimedFrame], fps: float,
-                      last_frame_seconds: float) -> Iterator[TimedFrame]:
-    """Output tick k (time t0 + k/fps) shows the latest source frame that started by then."""
-    tick = 0
-    first_time = previous = None
-    for seconds, pixels in timed:
-        if previous is None:
-            first_time = seconds
-        else:
-            while first_time + tick / fps < seconds - TIME_SLACK:
-                yield previous
-                tick += 1
-        previous = (seconds, pixels)
-    if previous is not None:
-        video_end = previous[0] + last_frame_seconds
-        while first_time + tick / fps < video_end - TIME_SLACK:
-            yield previous
-            tick += 1
 
 
 def _as_height_width(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
