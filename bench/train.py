@@ -180,7 +180,8 @@ def phase_train(params: dict) -> dict:
     import torch
     import torch.distributed as dist
 
-    from tokvid.training.engine import TrainingConfig, run_training, setup_distributed
+    from tokvid.training.distributed import setup_distributed
+    from tokvid.training.engine import TrainingConfig, run_training
 
     build_model, dataset, loss_fn, count_units, unit = _setup(params)
     setup_distributed()
@@ -206,7 +207,7 @@ PHASES = {"flops": phase_flops, "train": phase_train}
 
 def run_under_launcher(params: dict, ranks: int) -> dict:
     """phase_train with `ranks` processes x 1 thread under the deepspeed launcher; rank 0's result."""
-    from tokvid.training.engine import free_port
+    from tokvid.training.distributed import free_port
 
     payload = json.dumps({"phase": "train", "threads": 1, **params})
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
