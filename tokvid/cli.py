@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from pathlib import Path
 
 from .config_flags import add_config_flags, add_retired_flags, config_flags_given
 from .sampling import SamplingConfig
 
+LONG_GENERATION_SECONDS = 30  # a generation expected to take longer says so once, after two chunks
 RETIRED_SAMPLING_FLAGS = {
     "--order": "only confidence order is left (random order lost; see docs/design-notes.md)",
     "--later-chunk-candidates": "later chunks are sampled once (candidates need two guidance streams and lost "
@@ -82,9 +84,9 @@ def generate_main(argv=None) -> None:
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"--out must end in .mp4 or .gif, got {out.name!r}")
     if args.prompt is not None:
-        if args.num_frames < 1 or args.num_frames > 100_000:
-            raise ValueError(f"--num-frames must be between 1 and 100000, got {args.num_frames}")
-        validate_segments([(args.prompt, max(args.num_frames - 1, 1))])
+        if args.num_frames < 1:
+            raise ValueError(f"--num-frames must be at least 1, got {args.num_frames}")
+        validate_segments([(args.prompt, max(args.num_frames - 1, 1))])  # also its upper limit
     story = load_story_file(args.story_file) if args.story_file else None
     options = config_flags_given(args, SamplingConfig)
     from .pipeline import TokVidPipeline
@@ -99,8 +101,15 @@ def generate_main(argv=None) -> None:
         if not bars:
             from tqdm import tqdm
             bars.append(tqdm(desc="chunks", unit="chunk", total=total, file=sys.stderr))
-        bars[0].n = done
-        bars[0].refresh()
+            bars[0].first = (done, time.monotonic())
+        bar, (first_done, started) = bars[0], bars[0].first
+        if done == first_done + 2:  # two chunks timed: say up front how long a long video will take
+            remaining = (time.monotonic() - started) / 2 * (total - done)
+            if remaining > LONG_GENERATION_SECONDS:
+                bar.write(f"tokvid: about {remaining / 60:.1f} min more for {total - done} chunks at this speed",
+                          file=sys.stderr)
+        bar.n = done
+        bar.refresh()
 
     common = dict(seed=args.seed, negative_prompt=args.negative_prompt, prime_frames=prime, strict=args.strict,
                   progress=None if args.quiet else progress, **options)

@@ -22,7 +22,12 @@ def validate_segments(segments) -> list[Segment]:
     checked = []
     for index, segment in enumerate(segments):
         if isinstance(segment, dict):
-            segment = (segment.get("prompt"), segment.get("frames"))
+            if set(segment) != {"prompt", "frames"}:
+                raise ValueError(f"story segment {index} has the keys {sorted(segment)}; a segment is "
+                                 '{"prompt": "...", "frames": 16} (unknown: '
+                                 f"{sorted(set(segment) - {'prompt', 'frames'})}, missing: "
+                                 f"{sorted({'prompt', 'frames'} - set(segment))})")
+            segment = (segment["prompt"], segment["frames"])
         try:
             prompt, frames = segment
         except (TypeError, ValueError):
@@ -38,7 +43,9 @@ def validate_segments(segments) -> list[Segment]:
         raise ValueError("the story is empty; give at least one (prompt, frames) segment")
     total = sum(frames for _, frames in checked)
     if total > MAX_STORY_FRAMES:
-        raise ValueError(f"the story asks for {total} frames; the limit is {MAX_STORY_FRAMES}")
+        raise ValueError(f"the story asks for {total} frames; a video holds at most {MAX_STORY_FRAMES} "
+                         "(about 3.5 hours at 8 fps): make several videos, continuing each from the last "
+                         "(prime_frames / --prime)")
     return checked
 
 
