@@ -165,6 +165,26 @@ def test_browser_story_plays_for_its_length(server, browser):
 
 
 @needs_browser
+def test_browser_progress_bar_follows_the_chunks(server, browser):
+    import re
+
+    open_page(browser, server.url)
+    field(browser, "#remove-1").click()
+    wait_for(lambda: len(shown_prompts(browser)) == 1, 30, "one row left")
+    type_into(browser, "#seconds-0 input", "8")  # 1 + 64 frames: 17 chunks, a few seconds
+    field(browser, "#generate").click()
+    seen = set()
+
+    def finished():
+        text = browser.execute_script("return document.querySelector('#result-video').innerText")
+        seen.update(int(done) for done in re.findall(r"(\d+)/17 chunks", text))
+        return "65 frames" in field(browser, "#status").text
+
+    wait_for(finished, 300, "the 8 s video")
+    assert any(0 < done < 17 for done in seen), f"no progress between chunks was shown: {sorted(seen)}"
+
+
+@needs_browser
 def test_browser_empty_prompt_shows_a_message_not_a_traceback(server, browser):
     from selenium.webdriver.common.by import By
 

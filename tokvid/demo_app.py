@@ -212,19 +212,18 @@ def _ui_generate(models: ModelCache, store: ResultStore):
 def _api_endpoint(gr, models: ModelCache, default: str, store: ResultStore, limit: dict) -> None:
     """/generate(story, seed) -> mp4, for programs: the default model with its own sampling defaults."""
     with gr.Group(visible=False):
-        story = gr.Textbox(label="story", info="--story syntax: 'a red circle moves right : 2s ; ... : 16f'")
-        seed = gr.Number(0, label="seed", precision=0)
+        story_box = gr.Textbox(label="story", info="--story syntax: 'a red circle moves right : 2s ; ... : 16f'")
+        seed_box = gr.Number(0, label="seed", precision=0)
         mp4 = gr.File(label="mp4")
         trigger = gr.Button("generate")
 
     @page_errors
-    def generate(story_text: str, seed_value: int, progress=gr.Progress()) -> str:
+    def generate(story: str, seed: int, progress=gr.Progress()) -> str:
         pipe = models.get(default)
-        result = run_request(pipe, story_from_text(story_text, pipe), seed_value, store,
-                             progress=chunk_progress(progress))
+        result = run_request(pipe, story_from_text(story, pipe), seed, store, progress=chunk_progress(progress))
         return str(result.mp4)
 
-    trigger.click(generate, [story, seed], [mp4], api_name="generate", **limit)
+    trigger.click(generate, [story_box, seed_box], [mp4], api_name="generate", **limit)
 
 
 def serve(models: ModelCache, default: str, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1) -> None:
