@@ -24,7 +24,8 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        "dev": ["pytest>=7", "scikit-video>=1.1.11", "scikit-image>=0.22"],
+        "dev": ["pytest>=7", "scikit-video>=1.1.11", "scikit-image>=0.22", "selenium>=4.10"],
+        "demo": ["gradio>=5", "gradio_client>=1"],
     },
     entry_points={
         "console_scripts": [

@@ -13,6 +13,11 @@ from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "demo: serves `tokvid demo` (browser, client and load tests); "
+                                       "a fast run skips them with -m 'not demo'")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny test models run far faster on one thread than two on a shared 2-core machine."""

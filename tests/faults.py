@@ -72,12 +72,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for flag in ("--nan-loss-at", "--nan-grad-at", "--kill-in-save-at"):
         parser.add_argument(flag, type=int, default=None)
-    parser.add_argument("script")
-    args, rest = parser.parse_known_args()
+    args, rest = parser.parse_known_args()  # the launcher may put its flags (--local_rank) anywhere
+    script = next(arg for arg in rest if arg.endswith(".py"))
+    rest.remove(script)
     install(args.nan_loss_at, args.nan_grad_at, args.kill_in_save_at)
-    sys.argv = [args.script, *rest]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
-    runpy.run_path(args.script, run_name="__main__")
+    sys.argv = [script, *rest]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    runpy.run_path(script, run_name="__main__")
 
 
 if __name__ == "__main__":

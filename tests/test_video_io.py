@@ -144,3 +144,36 @@ def test_tensor_conversions_round_trip_and_clamp():
     assert tensor_to_frames(torch.full((3, 1, 2, 2), 5.0)).max() == 255
     with pytest.raises(ValueError, match="3, T, H, W"):
         tensor_to_frames(x[None])
+
+
+WRITE_SAME_FRAMES_30_TIMES = """
+import hashlib, sys, tempfile
+from pathlib import Path
+import numpy as np
+from tokvid.video_io import write_video
+rng = np.random.default_rng(0)
+t = np.arange(17)[:, None, None]; y, x = np.mgrid[:64, :64]
+blob = np.exp(-(((x - 10 - 2 * t) ** 2 + (y - 30) ** 2) / 30.0))  # a soft red disc moving right, slight noise
+frames = (blob[..., None] * [230, 40, 40] + rng.normal(0, 2, (17, 64, 64, 3))).clip(0, 255).astype(np.uint8)
+out = Path(tempfile.mkdtemp())
+digests = set()
+for i in range(30):
+    write_video(out / f"{i}.mp4", frames, fps=8)
+    digests.add(hashlib.sha256((out / f"{i}.mp4").read_bytes()).hexdigest())
+print(len(digests))
+"""
+
+
+def test_mp4_bytes_repeat_for_the_same_frames():
+    # in a fresh process: whether x264's AVX-512 code varied depended on what the process did before
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", WRITE_SAME_FRAMES_30_TIMES], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"  # one file, written 30 times

@@ -52,6 +52,7 @@ def positive_int(text: str) -> int:
 def generate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokvid", description="tokvid: text and stories to video")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="serve a web page for stories (Gradio); see tokvid demo --help")
     gen = commands.add_parser("generate", help="generate a video from a prompt or a story",
                               description="Generate a video from --prompt, --story-file or --story.")
     source = gen.add_mutually_exclusive_group(required=True)
@@ -130,6 +131,9 @@ def generate_main(argv=None) -> None:
 
 def tokvid_entry() -> None:
     warnings.showwarning = _one_line_warning
+    if sys.argv[1:2] == ["demo"]:  # its own flags, parsed in tokvid.demo
+        from .demo import demo_main
+        sys.exit(run_cli(demo_main, sys.argv[2:], prog="tokvid demo"))
     sys.exit(run_cli(generate_main, prog="tokvid"))
 
 
