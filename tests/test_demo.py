@@ -59,8 +59,8 @@ def test_api_story_uses_the_cli_parser_and_the_length_limit(pipe):
 
 def test_sampling_defaults_are_the_models_own(tiny_pipeline_dir):
     pipe = TokVidPipeline.from_pretrained(tiny_pipeline_dir)  # its own copy: the defaults are changed here
-    pipe.defaults.steps, pipe.defaults.temperature = 5, 0.75
-    assert demo.sampling_defaults(pipe) == {"steps": 5, "cfg_scale": pipe.defaults.cfg_scale, "temperature": 0.75}
+    pipe.sampling.steps, pipe.sampling.temperature = 5, 0.75
+    assert demo.sampling_defaults(pipe) == {"steps": 5, "cfg_scale": pipe.sampling.cfg_scale, "temperature": 0.75}
 
 
 def test_models_offered_are_the_bundled_ones_on_disk_plus_a_directory(tiny_pipeline_dir):
