@@ -245,3 +245,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_pipeline_dir, tmp_path, args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_generation_imports_no_training_code(tmp_path):
+    """`tokvid generate` starts fast: neither --help nor a generation imports DeepSpeed, TensorBoard or
+    the training engine."""
+    code = ("import sys\nfrom tokvid.cli import generate_main\ntry:\n    generate_main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nloaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('deepspeed', 'tensorboard') or m.startswith('tokvid.training'))\nprint('LOADED', loaded)")
+    for argv in (["generate", "--help"], ["generate", "--prompt", "a red circle moves right", "--num-frames", "1",
+                                          "--out", str(tmp_path / "one.mp4"), "--quiet", "--threads", "1"]):
+        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+        assert "LOADED []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "one.mp4").exists() and (tmp_path / "one.png").exists()

@@ -71,6 +71,9 @@ def generate_parser() -> argparse.ArgumentParser:
     gen.add_argument("--strict", action="store_true",
                      help="stop (exit 2) on words the model never saw or a prompt longer than it reads, "
                           "instead of warning")
+    gen.add_argument("--threads", type=positive_int, default=None,
+                     help="CPU threads (default: torch's, one per core; 1 is faster on a busy machine; "
+                          "OMP_NUM_THREADS sets the same)")
     gen.add_argument("--no-sheet", action="store_true", help="do not write the contact-sheet PNG")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -91,6 +94,11 @@ def generate_main(argv=None) -> None:
     story = load_story_file(args.story_file) if args.story_file else None
     options = config_flags_given(args, SamplingConfig)
     from .pipeline import TokVidPipeline
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     pipe = TokVidPipeline.from_pretrained(args.model)
     if args.story is not None:
@@ -248,3 +256,7 @@ def decode_main(argv=None) -> None:
 
 def decode_entry() -> None:
     sys.exit(run_cli(decode_main, prog="tokvid-decode"))
+
+
+if __name__ == "__main__":  # python -m tokvid.cli generate ... (as the console script `tokvid`)
+    tokvid_entry()
