@@ -50,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None, help="also measure this video tokenizer on held-out shapes clips")
     parser.add_argument("--tokenizer-clips", type=int, default=32)
     parser.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
-    parser.add_argument("--out", default="bench/results/eval_shapes.json", help="JSON file; PNG grids go next to it")
+    parser.add_argument("--out", default="runs/eval_shapes/eval_shapes.json",
+                        help="JSON file; PNG grids go next to it (bench/results/ holds the committed run)")
     args = parser.parse_args(argv)
     args.sets = [] if args.sets == "none" else [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = set(args.sets) - set(SETS)

@@ -18,7 +18,7 @@ RETIRED = {"--digit-mixture": "the digit-mixture head lost to the one-product di
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = training_parser(__doc__.split("\n\n")[0], RETIRED)
+    parser = training_parser(__doc__.split("\n\n")[0], num_frames=17, retired=RETIRED)
     parser.add_argument("--data", required=True, help="token shard directory (tokvid-encode output)")
     parser.add_argument("--text-tokenizer", default=None, help="text tokenizer directory to use instead of training one")
     parser.add_argument("--video-tokenizer", default=None,

@@ -14,11 +14,12 @@ from common import run_training_script, training_parser
 
 from tokvid.training.trainers import train_video_tokenizer
 
+# 9 frames: every video of `tokvid-data shapes` (segments of 8 frames + the leading one) holds a clip
 RETIRED = {"--local-codes": "local codes (a 1x1 encoder) lost on shapes-v1; see docs/design-notes.md"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = training_parser(__doc__.split("\n\n")[0], RETIRED)
+    parser = training_parser(__doc__.split("\n\n")[0], num_frames=9, retired=RETIRED)
     parser.add_argument("--manifest", required=True, help="JSONL/CSV manifest of videos and images")
     parser.add_argument("--size", type=int, default=64, help="square frame size of training clips")
     parser.add_argument("--fps", type=float, default=None, help="resample videos to this frame rate")
