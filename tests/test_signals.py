@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 12
+STEPS = 60  # runs far enough past the stop; interrupted and reference runs share the LR schedule
 
 pytestmark = pytest.mark.skipif(shutil.which("deepspeed") is None, reason="needs the deepspeed launcher")
 
@@ -61,7 +61,7 @@ def run_to_the_end(launcher: str, manifest: Path, out: Path, *extra: str) -> sub
 
 def interrupt(launcher: str, manifest: Path, out: Path, signals: tuple[int, ...]) -> tuple[int, str]:
     """Start a run in a process group of its own, wait for its second step, signal the whole group."""
-    process = subprocess.Popen(command(launcher, manifest, out, 500), env=environment(), start_new_session=True,
+    process = subprocess.Popen(command(launcher, manifest, out, STEPS), env=environment(), start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 600

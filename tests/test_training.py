@@ -99,7 +99,16 @@ def test_metrics_checkpoints_and_export(tmp_path):
     assert not torch.equal(saved["gain"], torch.ones(1))
 
 
-def test_interrupt_by_signal_saves_and_resume_repeats_the_uninterrupted_losses(tmp_path):
+@pytest.fixture
+def own_signal_handlers():
+    """An interrupted run leaves its stop handlers installed (its process is exiting); give pytest its own back."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def test_interrupt_by_signal_saves_and_resume_repeats_the_uninterrupted_losses(tmp_path, own_signal_handlers):
     reference, _ = train(tmp_path / "reference", steps=6)
     calls = []
 
@@ -109,7 +118,7 @@ def test_interrupt_by_signal_saves_and_resume_repeats_the_uninterrupted_losses(t
             os.kill(os.getpid(), signal.SIGTERM)
 
     first, _ = train(tmp_path, steps=6, on_loss=signal_in_step_two)
-    assert first.status == "interrupted" and first.step == 2
+    assert first.status == "interrupted" and first.step == 2 and first.signal == signal.SIGTERM
     assert [s for s, _ in complete_checkpoints(tmp_path / "run")] == [2]
     second, _ = train(tmp_path, steps=6)
     assert second.step == 6

@@ -10,7 +10,7 @@ The video tokenizer (`tokvid.VideoTokenizer`) works on its own: it needs neither
 from .story import validate_segments
 from .video_io import frames_to_tensor, read_video, save_contact_sheet, tensor_to_frames, write_video
 from .models.video_tokenizer import VideoTokenizer, VideoTokenizerConfig, video_tokenizer_preset
-from .models.text_tokenizer import TextTokenizer
+from .models.text_tokenizer import PromptWarning, TextTokenizer
 from .pipeline import TokVidPipeline, VideoOutput
 from .sampling import SamplingConfig
 
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "read_video", "write_video", "save_contact_sheet", "frames_to_tensor", "tensor_to_frames",
     "VideoTokenizer", "VideoTokenizerConfig", "video_tokenizer_preset", "TextTokenizer",
-    "TokVidPipeline", "SamplingConfig", "VideoOutput", "validate_segments",
+    "TokVidPipeline", "SamplingConfig", "VideoOutput", "PromptWarning", "validate_segments",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -55,6 +56,8 @@ def run_training_script(args: argparse.Namespace, train: Callable[[TrainingConfi
         print(f"{result.status} at step {result.step}; skipped steps {result.skipped_steps}, "
               f"unusable items {result.bad_items}; export: {result.export_dir}")
     if result.signal:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # saved and on the way out: a late repeat must not kill
+            signal.signal(sig, signal.SIG_IGN)     # the process during shutdown and hide this exit status
         print(f"rank {rank}: interrupted by signal {result.signal} after saving step {result.step}; continue with "
               "the same command and --resume auto", file=sys.stderr)
         return 128 + result.signal

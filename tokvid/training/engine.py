@@ -346,7 +346,8 @@ class _Trainer:
         finally:
             bar.close()
             self.metrics.close()
-            StopRequest.restore(previous_handlers)
+            if status != "interrupted":  # an interrupted process is on its way out: the launcher's and the
+                StopRequest.restore(previous_handlers)  # user's repeated signals keep being absorbed
         return TrainingResult(self.step, status, self.skipped_total, len(self.bad_names),
                               str(export_dir) if export_dir else None, losses,
                               signal=stop_signal)
