@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tokvid.datasets import ResumableLoader
-from tokvid.mixed_dataset import (MixedItemDataset, SubsetDataset, image_slot_count, mixed_token_dataset,
-                                  split_token_shards)
+from tokvid.mixed_dataset import (MixedBatchLoader, MixedItemDataset, SubsetDataset, image_slot_count,
+                                  mixed_token_dataset, split_token_shards, token_parts)
 from tokvid.scenes import item_spec
 from tokvid.shards import ShardWriter, TokenShards
 
@@ -87,3 +87,31 @@ def test_resuming_mid_epoch_gives_exactly_the_same_batches(shards):
                 assert all(torch.equal(expected[key], got[key]) for key in expected)
     images = sum(int((b["chunk_valid"].sum(1) == 1).sum()) for b in straight)
     assert 0 < images < 27  # both kinds are in the batches
+
+
+def test_batch_level_mix_is_homogeneous_rank_aligned_and_resumes_exactly(shards):
+    def loader(rank=0, world_size=1, ratio=0.4):
+        videos, images = token_parts(TokenShards(shards.directory), HashTokenizer(), MAX_CHUNKS)
+        return MixedBatchLoader(videos, images, ratio, batch_size=2, seed=9, rank=rank, world_size=world_size)
+
+    kinds = []
+    for world_size in (1, 2):
+        for rank in range(world_size):
+            straight = batches(loader(rank, world_size), 12)
+            kinds.append([bool((b["chunk_valid"].sum(1) == 1).all()) for b in straight])
+            assert all(k or not (b["chunk_valid"].sum(1) == 1).any() for k, b in zip(kinds[-1], straight))
+            first = loader(rank, world_size)
+            head = batches(first, 5)
+            first.skip(2)  # an abandoned step
+            resumed = loader(rank, world_size)
+            resumed.load_state_dict(first.state_dict())
+            assert first.epoch == resumed.epoch and first.position == resumed.position
+            for expected, got in zip(straight, head + [None] + batches(resumed, 6)):
+                if got is not None:
+                    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert kinds[0] == kinds[1] == kinds[2] and 0 < sum(kinds[0]) < 12  # same kind on every rank, both kinds
+    with pytest.raises(ValueError, match="image_ratio was 0.4"):
+        loader(ratio=0.5).load_state_dict(loader().state_dict())
+    with pytest.raises(ValueError, match="whole batches"):
+        loader().skip(3)
+    assert len(loader().dataset) == 17 and loader().bad_items == {}

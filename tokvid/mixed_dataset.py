@@ -10,8 +10,14 @@ once per epoch plus `image_slots` image slots, chosen so that images make `image
 With more images than slots, slot k draws one image of its stratum {k, k + slots, k + 2 slots, ...}
 from the loader's per-(seed, epoch, item) generator, so every image is reachable and an epoch still
 holds distinct images; with fewer, slot k is image k mod images. Both datasets must yield samples of
-one shape (TokenChunkDataset pads an image's one chunk to max_chunks and marks the rest invalid;
-the generator's loss skips trailing padding chunks when a whole batch has them).
+one shape (TokenChunkDataset pads an image's one chunk to max_chunks and marks the rest invalid).
+
+A mixed batch costs as much as a batch of videos: the generator's loss skips trailing padding chunks
+only when every item of the batch has them (measured with the bundle's generator, 6 chunks: a batch of
+8 videos + 8 images 0.94x, a batch of 16 images 0.08x the time of 16 videos). MixedBatchLoader makes
+whole batches of one kind instead, the kind of batch k drawn from (seed, k) alone, so every rank takes
+the same kind at the same step and image steps are that much cheaper. It is a drop-in for
+ResumableLoader (same methods and state), with the same exact resume.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tokvid.datasets import ItemDataset
+from tokvid.datasets import ItemDataset, ResumableLoader
 
 
 class SubsetDataset:
@@ -98,11 +104,106 @@ def split_token_shards(shards) -> tuple[list[int], list[int]]:
     return videos, images
 
 
-def mixed_token_dataset(shards, text_tokenizer, max_chunks: int, image_ratio: float,
-                        text_length: int | None = None) -> MixedItemDataset:
-    """The generator's training items of `shards` with images (one-chunk items) at `image_ratio`."""
+def token_parts(shards, text_tokenizer, max_chunks: int,
+                text_length: int | None = None) -> tuple[SubsetDataset, SubsetDataset]:
+    """(videos, images) of `shards` as TokenChunkDataset views (images: one-chunk items)."""
     from tokvid.datasets import TokenChunkDataset
 
     chunks = TokenChunkDataset(shards, text_tokenizer, max_chunks, text_length)
     videos, images = split_token_shards(shards)
-    return MixedItemDataset(SubsetDataset(chunks, videos), SubsetDataset(chunks, images), image_ratio)
+    return SubsetDataset(chunks, videos), SubsetDataset(chunks, images)
+
+
+def mixed_token_dataset(shards, text_tokenizer, max_chunks: int, image_ratio: float,
+                        text_length: int | None = None) -> MixedItemDataset:
+    """The generator's training items of `shards` with images (one-chunk items) at `image_ratio`."""
+    return MixedItemDataset(*token_parts(shards, text_tokenizer, max_chunks, text_length), image_ratio)
+
+
+class ConcatDataset:
+    """The items of `parts` one after the other (index i of the second part is len(first) + i)."""
+
+    def __init__(self, *parts: ItemDataset):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _locate(self, index: int) -> tuple[ItemDataset, int]:
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part], index - int(self.offsets[part])
+
+    def load(self, index: int, rng: np.random.Generator) -> Any:
+        dataset, local = self._locate(index)
+        return dataset.load(local, rng)
+
+    def collate(self, samples: list) -> Any:
+        return self.parts[0].collate(samples)
+
+    def describe(self, index: int) -> str:
+        dataset, local = self._locate(index)
+        return dataset.describe(local)
+
+
+class MixedBatchLoader:
+    """ResumableLoader's interface over whole batches of videos or of images (module docstring).
+
+    Batch k is an image batch when default_rng([seed, k]).random() < image_ratio, independent of the
+    rank; videos and images each keep their own ResumableLoader order (images with seed + 1).
+    `dataset` is ConcatDataset(videos, images): bad_items are keyed by its indices."""
+
+    def __init__(self, videos: ItemDataset, images: ItemDataset, image_ratio: float, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        image_slot_count(len(videos), len(images), image_ratio)  # checks the ratio against the data
+        self.image_ratio, self.batch_size, self.seed, self.batches = float(image_ratio), batch_size, seed, 0
+        self.dataset = ConcatDataset(videos, images)
+        self.videos = ResumableLoader(videos, batch_size, seed, rank, world_size) if image_ratio < 1 else None
+        self.images = ResumableLoader(images, batch_size, seed + 1, rank, world_size) if image_ratio > 0 else None
+
+    def batch_is_images(self, number: int) -> bool:
+        return bool(np.random.default_rng([self.seed, number]).random() < self.image_ratio)
+
+    def _loader(self) -> ResumableLoader:
+        loader = self.images if self.batch_is_images(self.batches) else self.videos
+        self.batches += 1
+        return loader
+
+    def next_batch(self) -> Any:
+        return self._loader().next_batch()
+
+    def skip(self, num_items: int) -> None:
+        """Advance past whole batches (the rest of a step that was abandoned)."""
+        if num_items % self.batch_size:
+            raise ValueError(f"skip whole batches of {self.batch_size} items, got {num_items}")
+        for _ in range(num_items // self.batch_size):
+            self._loader().skip(self.batch_size)
+
+    @property
+    def epoch(self) -> int:
+        return (self.videos or self.images).epoch
+
+    @property
+    def position(self) -> int:
+        return (self.videos or self.images).position
+
+    @property
+    def bad_items(self) -> dict[int, str]:
+        bad = dict(self.videos.bad_items) if self.videos else {}
+        if self.images:
+            bad.update({int(self.dataset.offsets[1]) + i: why for i, why in self.images.bad_items.items()})
+        return bad
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "image_ratio": self.image_ratio,
+                "videos": self.videos.state_dict() if self.videos else None,
+                "images": self.images.state_dict() if self.images else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("image_ratio") != self.image_ratio:
+            raise ValueError(f"cannot continue the data order of the checkpoint: image_ratio was "
+                             f"{state.get('image_ratio')}, now {self.image_ratio}; resume with the same ratio")
+        for name in ("videos", "images"):
+            if getattr(self, name) is not None:
+                getattr(self, name).load_state_dict(state[name])
+        self.batches = int(state["batches"])
