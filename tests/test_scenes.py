@@ -62,6 +62,9 @@ def test_stories_must_name_the_same_objects_with_motions_in_whole_units():
                         ([(ok[0][0], 12)], "multiple of 8"), ([], "at least one")):
         with pytest.raises(ValueError, match=reason):
             check_scene_story(bad)
+    assert check_scene_story([(ok[0][0], 13)], unit=1) == [(ok[0][0], 13)]  # a user's story: any length
+    with pytest.raises(ValueError, match="multiple of 1"):
+        check_scene_story([(ok[0][0], 0)], unit=1)
 
 
 def _spec_checks(spec: SceneSpec, kind: str) -> None:

@@ -110,9 +110,10 @@ def _parse_clause(part: str, text: str) -> Clause:
     return colour, shape, still or direction
 
 
-def check_scene_story(segments: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+def check_scene_story(segments: Sequence[tuple[str, int]], unit: int = SEGMENT_UNIT) -> list[tuple[str, int]]:
     """Validate a scenes story: 1+ segments of video captions naming the same objects (colour and
-    shape, same order) throughout, frames positive multiples of SEGMENT_UNIT."""
+    shape, same order) throughout, frames positive multiples of `unit` (1: any length, as a
+    pipeline's strict check of a user's story needs)."""
     if not segments:
         raise ValueError("a story needs at least one (caption, frames) segment")
     checked, first = [], None
@@ -129,8 +130,8 @@ def check_scene_story(segments: Sequence[tuple[str, int]]) -> list[tuple[str, in
         if objects != first:
             raise ValueError(f"segment {index} names {objects}, segment 0 {first}; every segment of a story "
                              "names the same objects in the same order")
-        if int(frames) != frames or frames < SEGMENT_UNIT or frames % SEGMENT_UNIT:
-            raise ValueError(f"segment {index} has {frames!r} frames; use a positive multiple of {SEGMENT_UNIT}")
+        if int(frames) != frames or frames < unit or frames % unit:
+            raise ValueError(f"segment {index} has {frames!r} frames; use a positive multiple of {unit}")
         checked.append((text, int(frames)))
     return checked
 

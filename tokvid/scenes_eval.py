@@ -64,13 +64,9 @@ def score_scene(frames: np.ndarray, segments: Sequence[tuple[str, int]],
     motion_ok, frozen; per segment ok and binding errors; per frame clean flags; per object
     identity_kept; all_ok, identity_kept, frozen and binding_error for the whole video."""
     frames = _check_frames(frames)
-    segments = [(str(text), int(length)) for text, length in segments]
-    if not segments or any(length < 1 for _, length in segments):
-        raise ValueError("segments must be a non-empty list of (prompt, frames >= 1)")
+    segments = check_scene_story(segments, unit=1)
     parsed = [parse_scene_caption(text) for text, _ in segments]
     objects = [c[:2] for c in parsed[0]]
-    if any([c[:2] for c in clauses] != objects or clauses[0][2] is None for clauses in parsed):
-        check_scene_story(segments)  # raises with the reason (different objects, no motion, ...)
     total = sum(length for _, length in segments)
     if len(frames) not in (total, total + 1):
         raise ValueError(f"got {len(frames)} frames for segments summing to {total}; "
