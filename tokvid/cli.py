@@ -161,6 +161,11 @@ def data_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--num-videos", type=positive_int, required=True)
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-fraction", type=float, default=0.1, help="share of 1-frame images")
+    scenes = commands.add_parser("scenes", help="write shapes-v2 videos, PNG stills + manifest.jsonl (docs/scenes.md)")
+    scenes.add_argument("--out", required=True)
+    scenes.add_argument("--num-videos", type=int, required=True)
+    scenes.add_argument("--num-images", type=int, required=True)
+    scenes.add_argument("--seed", type=int, default=0)
     footage = commands.add_parser("footage", help="real-footage clips for the general tokenizer (+ manifest.jsonl)")
     footage.add_argument("--out", required=True)
     footage.add_argument("--num-clips", type=positive_int, default=1000)
@@ -182,6 +187,10 @@ def data_main(argv=None) -> None:
             raise ValueError("--image-fraction must be between 0 and 1")
         manifest = write_dataset(args.out, args.num_videos, seed=args.seed, image_fraction=args.image_fraction)
         print(f"wrote {args.num_videos} items and {manifest}")
+    elif args.command == "scenes":
+        from .scenes import write_scenes
+        manifest = write_scenes(args.out, args.num_videos, args.num_images, seed=args.seed)
+        print(f"wrote {args.num_videos} videos, {args.num_images} images and {manifest}")
     elif args.command == "footage":
         from .footage import write_general_dataset
         manifest = write_general_dataset(args.out, args.num_clips, num_frames=args.frames, size=args.size,

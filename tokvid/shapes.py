@@ -108,6 +108,15 @@ def object_path(motions: Sequence[str], side: int, start: tuple[int, int]) -> np
     return np.array(positions, dtype=np.int64)
 
 
+def draw_object(video: np.ndarray, positions: np.ndarray, shape: str, side: int,
+                rgb: tuple[int, int, int]) -> None:
+    """Paint the shape into uint8 (T, H, W, 3) video in place, frame t at top-left positions[t],
+    without antialiasing (every object pixel gets exactly rgb)."""
+    mask = shape_mask(shape, side)
+    for frame, (x, y) in zip(video, positions):
+        frame[y:y + side, x:x + side][mask] = rgb
+
+
 def render_story(segments: Sequence[tuple[str, int]], seed: int | np.random.Generator | None = 0,
                  side: int | None = None, start: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
     """Render a story to uint8 (1 + sum(frames), 64, 64, 3) and an info dict.
@@ -134,10 +143,8 @@ def render_story(segments: Sequence[tuple[str, int]], seed: int | np.random.Gene
         segment_of_frame += [index] * frames
     positions = object_path(motions, side, start)
 
-    mask = shape_mask(shape, side)
     video = np.zeros((len(positions), FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
-    for frame, (x, y) in zip(video, positions):
-        frame[y:y + side, x:x + side][mask] = COLOURS[colour]
+    draw_object(video, positions, shape, side, COLOURS[colour])
     info = {
         "colour": colour, "shape": shape, "side": side,
         "positions": positions.tolist(),

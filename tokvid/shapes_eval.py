@@ -46,14 +46,16 @@ class Tolerances:
 DEFAULT_TOLERANCES = Tolerances()
 
 
-def classify_pixels(frames: np.ndarray, tolerances: Tolerances = DEFAULT_TOLERANCES) -> np.ndarray:
-    """Label each pixel of uint8 (..., H, W, 3): palette index, -1 background, -2 other colour."""
+def classify_pixels(frames: np.ndarray, tolerances: Tolerances = DEFAULT_TOLERANCES,
+                    palette: np.ndarray = _PALETTE) -> np.ndarray:
+    """Label each pixel of uint8 (..., H, W, 3): index into palette (float (colours, 3) RGB; default the
+    shapes-v1 colours), -1 background, -2 other colour."""
     bright = frames.max(-1) >= tolerances.background_level
     labels = np.full(frames.shape[:-1], -1, np.int64)
     pixels = frames[bright].astype(np.float32)  # only the few non-black pixels need matching
     # coverage a of palette colour c that best explains pixel p as a * c (object blended with black)
-    dot = pixels @ _PALETTE.T
-    palette_norm2 = (_PALETTE ** 2).sum(1)
+    dot = pixels @ palette.T
+    palette_norm2 = (palette ** 2).sum(1)
     coverage = np.clip(dot / palette_norm2, 0.0, 1.2)
     # |p - a c|^2 expanded, so no (pixels, colours, 3) temporary is needed
     residual2 = (pixels ** 2).sum(-1, keepdims=True) - 2 * coverage * dot + coverage ** 2 * palette_norm2
@@ -77,7 +79,20 @@ def locate_object(labels: np.ndarray, scale: float = 1.0,
     # chroma subsampling washes out the colour of the object's outline pixels (towards grey, which
     # may match white): such pixels touching the object are its outline, not a second object
     washed_out = (labels == -2) | (labels == _WHITE)
-    mask = core | (washed_out & _dilate(core))
+    blob = describe_blob(core | (washed_out & _dilate(core)), scale, tolerances)
+    stray = int((labels != -1).sum() - blob["pixels"])
+    clean = blob["sized"] and stray <= stray_limit(blob["pixels"], scale, tolerances)
+    return {"colour": _PALETTE_NAMES[colour_index], "shape": blob["shape"], "clean": bool(clean), **blob}
+
+
+def stray_limit(object_pixels: int, scale: float = 1.0, tolerances: Tolerances = DEFAULT_TOLERANCES) -> float:
+    """Bright pixels outside the objects that a clean frame tolerates."""
+    return max(tolerances.stray_pixels * scale ** 2, tolerances.stray_fraction * object_pixels)
+
+
+def describe_blob(mask: np.ndarray, scale: float = 1.0, tolerances: Tolerances = DEFAULT_TOLERANCES) -> dict:
+    """Shape (fill ratio of the box; mass low in the box: triangle), whether it is object-sized, centre
+    (x, y), box (left, top, right, bottom), fill and pixel count of a non-empty boolean (H, W) mask."""
     rows, cols = np.nonzero(mask)
     top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
     height, width = bottom - top + 1, right - left + 1
@@ -90,17 +105,13 @@ def locate_object(labels: np.ndarray, scale: float = 1.0,
         shape = "square"
     else:
         shape = "circle"
-    stray = int((labels != -1).sum() - area)
     low = (MIN_SIDE - tolerances.side_slack) * scale
     high = (MAX_SIDE + tolerances.side_slack) * scale
     sized = (low <= height <= high and low <= width <= high
              and abs(height - width) <= tolerances.side_slack * scale and fill >= 0.4)
-    clean = sized and stray <= max(tolerances.stray_pixels * scale ** 2, tolerances.stray_fraction * area)
-    return {
-        "colour": _PALETTE_NAMES[colour_index], "shape": shape, "clean": bool(clean), "sized": bool(sized),
-        "centre": (float(cols.mean()), float(rows.mean())),  # (x, y)
-        "box": (int(left), int(top), int(right), int(bottom)), "fill": float(fill), "pixels": int(area),
-    }
+    return {"shape": shape, "sized": bool(sized),
+            "centre": (float(cols.mean()), float(rows.mean())),  # (x, y)
+            "box": (int(left), int(top), int(right), int(bottom)), "fill": float(fill), "pixels": int(area)}
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
@@ -297,9 +308,10 @@ def long_story_suite(count: int, seed: int, total_frames: int, segment_frames: i
 
 
 def run_suite(generate, stories: Sequence[Sequence[tuple[str, int]]], seed: int = 0,
-              progress=None) -> dict:
+              progress=None, score=None, summarize_scores=None) -> dict:
     """Generate and score each story. generate(story, seed) -> uint8 (T, H, W, 3) frames; story i
-    uses seed + i. Returns summary, per-story scores, seconds per video and the videos."""
+    uses seed + i. Returns summary, per-story scores, seconds per video and the videos.
+    score(frames, story) and summarize_scores(scores) default to this module's shapes-v1 scorer."""
     import time
 
     scores, videos, seconds = [], [], []
@@ -307,11 +319,11 @@ def run_suite(generate, stories: Sequence[Sequence[tuple[str, int]]], seed: int 
         started = time.perf_counter()
         frames = generate(list(story), seed + index)
         seconds.append(time.perf_counter() - started)
-        scores.append(score_video(frames, story))
+        scores.append((score or score_video)(frames, story))
         videos.append(frames)
         if progress is not None:
             progress(index + 1, len(stories))
-    summary = summarize(scores)
+    summary = (summarize_scores or summarize)(scores)
     summary["seconds_per_video"] = float(np.mean(seconds))
     summary["frames_per_second"] = float(sum(len(v) for v in videos) / max(sum(seconds), 1e-9))
     return {"summary": summary, "scores": scores, "seconds": seconds, "videos": videos}
