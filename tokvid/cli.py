@@ -149,6 +149,9 @@ def data_parser() -> argparse.ArgumentParser:
     check.add_argument("manifest")
     check.add_argument("--num-frames", type=positive_int, default=None, help="minimum frames per video item")
     check.add_argument("--size", type=positive_int, default=None, help="minimum frame side")
+    convert = commands.add_parser("convert-shards", help="rewrite a token shard directory in the current format")
+    convert.add_argument("source")
+    convert.add_argument("target")
     return parser
 
 
@@ -165,6 +168,9 @@ def data_main(argv=None) -> None:
         manifest = write_general_dataset(args.out, args.num_clips, num_frames=args.frames, size=args.size,
                                          seed=args.seed, progress=True)
         print(f"wrote {args.num_clips} clips and {manifest}")
+    elif args.command == "convert-shards":
+        from .shards import convert_shards
+        print(f"wrote {convert_shards(args.source, args.target, progress=True)} items to {args.target}")
     else:
         from .manifest import check_manifest, format_report
         report = check_manifest(args.manifest, num_frames=args.num_frames, size=args.size)
