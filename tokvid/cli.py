@@ -173,7 +173,7 @@ def data_main(argv=None) -> None:
         print(f"wrote {convert_shards(args.source, args.target, progress=True)} items to {args.target}")
     else:
         from .manifest import check_manifest, format_report
-        report = check_manifest(args.manifest, num_frames=args.num_frames, size=args.size)
+        report = check_manifest(args.manifest, num_frames=args.num_frames, size=args.size, progress=True)
         print(format_report(report))
         if report["bad"]:
             sys.exit(1)
@@ -199,6 +199,12 @@ def encode_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frames", type=positive_int, default=None)
     parser.add_argument("--chunk-latents", type=positive_int, default=16, help="latent frames coded at once (memory)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable videos instead of stopping")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="videos encoded at once (same shape)")
+    parser.add_argument("--items-per-shard", type=positive_int, default=1024,
+                        help="videos per shard: the unit a killed run encodes again")
+    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when there is a GPU, else cpu")
+    parser.add_argument("--bf16", action="store_true", help="encode under bf16 autocast (GPU)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by deepspeed
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -209,8 +215,10 @@ def encode_main(argv=None) -> None:
 
     summary = encode_videos(args.tokenizer, args.out, manifest=args.manifest, videos_dir=args.videos, size=args.size,
                             fps=args.fps, max_frames=args.max_frames, chunk_latents=args.chunk_latents,
-                            skip_bad=args.skip_bad, progress=not args.quiet)
-    print(f"wrote {summary['items']} items to {args.out} ({summary['skipped']} skipped)")
+                            skip_bad=args.skip_bad, progress=not args.quiet, batch_size=args.batch_size,
+                            items_per_shard=args.items_per_shard, device=args.device, bf16=args.bf16)
+    print(f"wrote {summary['items']} items to {args.out} ({summary['skipped']} skipped)"
+          + ("" if summary["finished"] else "; the directory is complete when every rank has finished"))
 
 
 def encode_entry() -> None:

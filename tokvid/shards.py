@@ -33,10 +33,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-try:  # parses a metadata line several times faster than json; same dicts for the JSON we write
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - orjson ships with gradio, but is optional
-    from json import loads as _loads
+from .fastjson import loads as _loads
 
 SHARD_FORMAT = "tokvid-shards-v2"
 SHARD_SUFFIXES = (".codes.npy", ".index.npy", ".meta.jsonl")
@@ -62,7 +59,7 @@ def shard_name(number: int) -> str:
 def atomic_write(path: Path, write: Callable) -> int:
     """Write a file through a synced temporary beside it, then rename: readers see all of it or nothing.
     Returns its size in bytes."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: ranks may write the same file
     with open(tmp, "wb") as handle:
         write(handle)
         handle.flush()

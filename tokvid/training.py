@@ -78,6 +78,7 @@ class TrainingConfig:
     max_consecutive_skips: int = 5  # stop (after a checkpoint) when this many steps in a row are skipped
     max_bad_data_fraction: float = 0.01  # stop when more than this fraction of the items is unusable
     throughput_unit: str = "tokens"  # metrics report <unit>_per_s ("tokens" or "frames")
+    num_workers: int | None = None  # data loading processes per rank; None: loader.default_num_workers()
     inject_nan_loss_at_step: int | None = None  # tests: rank 0's loss becomes NaN at this step
     inject_nan_grad_at_step: int | None = None  # tests: gradients become NaN (finite loss) at this step
     kill_during_save_at_step: int | None = None  # tests: SIGKILL after writing the checkpoint, before COMPLETE
@@ -301,6 +302,8 @@ def add_training_arguments(parser) -> None:
                         help="stop after this many skipped (non-finite) steps in a row")
     parser.add_argument("--max-bad-data-fraction", type=float, default=0.01,
                         help="stop when more than this fraction of the data items is unusable")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="data loading processes per rank (default: the cores per rank beyond one, at most 4)")
     for flag in ("--inject-nan-at-step", "--inject-nan-grad-at-step", "--kill-during-save-at-step"):  # for tests
         parser.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
 
@@ -314,7 +317,7 @@ def training_config_from_args(args, throughput_unit: str) -> TrainingConfig:
         keep_last=args.keep_last, resume=args.resume, max_consecutive_skips=args.max_consecutive_skips,
         max_bad_data_fraction=args.max_bad_data_fraction, throughput_unit=throughput_unit,
         inject_nan_loss_at_step=args.inject_nan_at_step, inject_nan_grad_at_step=args.inject_nan_grad_at_step,
-        kill_during_save_at_step=args.kill_during_save_at_step)
+        kill_during_save_at_step=args.kill_during_save_at_step, num_workers=args.num_workers)
 
 
 def ds_config_path(args) -> Path:
@@ -563,7 +566,8 @@ class _Trainer:
                 deepspeed.zero.register_external_parameter(self.module, parameter)
         self.device = self.engine.device
         self.float_dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
-        self.loader = ResumableLoader(dataset, config.micro_batch, config.seed, self.rank, self.world_size)
+        self.loader = ResumableLoader(dataset, config.micro_batch, config.seed, self.rank, self.world_size,
+                                      num_workers=config.num_workers)
         self.step, self.skipped_total, self.consecutive_skips = 0, 0, 0
         self.stop_requested = False
         self.bad_reports, self.bad_names = 0, {}  # bad items reported by all ranks, and their merged names
