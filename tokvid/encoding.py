@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ def usable_frames(num_frames: int, temporal_compression: int) -> int:
     return 1 + (num_frames - 1) // temporal_compression * temporal_compression
 
 
-def list_items(manifest: str | Path | None, videos_dir: str | Path | None):
+def list_items(manifest: str | Path | None, videos_dir: str | Path | None) -> Sequence[dict]:
     """The items to encode: a ManifestIndex (read on demand) or a list of {"path"} of a folder's videos."""
     if manifest is not None:
         from .manifest import ManifestIndex

@@ -72,7 +72,7 @@ def default_num_workers() -> int:
     as workers would only compete with it. Beyond 4, decoding rarely limits one accelerator and every
     worker holds its own copy of the dataset and clip cache."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1))  # torchrun, deepspeed
     return max(0, min(4, cores // ranks_here - 1))
 
 
