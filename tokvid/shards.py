@@ -4,7 +4,8 @@ A shard directory holds `info.json` (which tokenizer made the codes: name, finge
 vocabulary, grid, compression; and one record per shard) and, per shard, three files:
 
 - `shard-00000.codes.npy`: the codes of all its items concatenated along time, (rows, h, w),
-  uint16 when the vocabulary fits; read through numpy.memmap, so an item costs one slice.
+  uint16 when the vocabulary fits; memory-mapped (a numpy array over an mmap of the file, as
+  numpy.memmap does, without its per-file cost), so an item costs one slice.
 - `shard-00000.index.npy`: int64 (items, 6), one row per item: code offset and length (rows),
   grid height and width, metadata byte offset and length.
 - `shard-00000.meta.jsonl`: one metadata line per item (caption or story, frames, fps, source),
@@ -350,12 +351,15 @@ class TokenShards:
         else:
             raise ValueError(f"{info_path} is in neither the {SHARD_FORMAT} nor the {V1_FORMAT} format")
         self.meta = _MetaSequence(self.store)
+        self.size = len(self.store)
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
-        codes, meta = self.store.item(_checked_index(i, len(self.store)))
+        if not (type(i) is int and 0 <= i < self.size):  # the common case checked inline: it is per item
+            i = _checked_index(i, self.size)
+        codes, meta = self.store.item(i)
         return torch.from_numpy(codes.astype(np.int64)), meta
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
