@@ -102,6 +102,34 @@ def test_every_item_bad_raises():
         ResumableLoader(NumberedItems(3, bad=(0, 1, 2)), batch_size=1, seed=0).next_batch()
 
 
+def test_workers_give_the_batches_state_and_bad_items_of_no_workers_and_resume_exactly():
+    def run(workers, batches, state=None, skip_after=None):
+        loader = ResumableLoader(NumberedItems(11, bad=(3, 7)), batch_size=3, seed=4, rank=1, world_size=2,
+                                 num_workers=workers)
+        if state is not None:
+            loader.load_state_dict(state)
+        out = []
+        for number in range(batches):
+            if number == skip_after:
+                loader.skip(3)  # an abandoned step: its samples were made ahead and are dropped unseen
+            out.append(loader.next_batch())
+        return out, loader.state_dict()
+
+    plain, plain_state = run(0, 6, skip_after=2)  # 18 samples + 3 skipped: four epochs of 5 per rank
+    parallel, parallel_state = run(2, 6, skip_after=2)
+    assert all(torch.equal(a, b) for a, b in zip(plain, parallel)) and parallel_state == plain_state
+    assert plain_state["bad_items"] and plain_state["bad_encounters"] > 0  # bad items were met and replaced
+    middle = run(2, 2)[1]  # stopped after two batches, resumed with workers
+    resumed, resumed_state = run(2, 4, state=middle, skip_after=0)
+    assert all(torch.equal(a, b) for a, b in zip(plain[2:], resumed)) and resumed_state == plain_state
+
+
+def test_workers_report_an_unusable_dataset_in_one_line():
+    loader = ResumableLoader(NumberedItems(3, bad=(0, 1, 2)), batch_size=1, seed=0, num_workers=1)
+    with pytest.raises(ValueError, match="none of the 3 items can be used; first problem: item . is corrupt$"):
+        loader.next_batch()
+
+
 # ----------------------------------------------------------------------------------------------
 # ClipDataset on real files
 

@@ -97,3 +97,40 @@ def test_shapes_dataset_passes_the_check(tmp_path):
     manifest = write_dataset(tmp_path, 6, seed=2, image_fraction=0.3)
     report = check_manifest(manifest, num_frames=9, size=64)
     assert report["ok"] == 6 and sum(report["counts"].values()) == 0 and report["images"] >= 1
+
+
+def test_manifest_index_reads_the_items_of_read_manifest_on_demand(tmp_path):
+    import pickle
+
+    from tokvid.manifest import ManifestIndex
+    story = json.dumps([{"prompt": "p, q", "frames": 8}]).replace('"', '""')
+    csv_manifest = tmp_path / "m.csv"
+    csv_manifest.write_text('path,caption,story\n'
+                            'a.mp4,"a caption, with a comma",\n'
+                            '\n'
+                            f'b.mp4,,"{story}"\n'
+                            'c.mp4,"two\nlines",\n'
+                            'd.mp4,last,\n')
+    jsonl_manifest = write_lines(tmp_path / "m.jsonl", [
+        json.dumps({"path": "a.mp4", "caption": "é ü"}), "", "  ",
+        json.dumps({"path": "sub/b.mp4", "story": [{"prompt": "x", "frames": 8}]}),
+        json.dumps({"path": "c.mp4", "caption": "c"})])
+    for manifest in (csv_manifest, jsonl_manifest):
+        items = read_manifest(manifest)
+        index = ManifestIndex(manifest)
+        assert len(index) == len(items) and len(items) in (3, 4)
+        assert [index[i] for i in reversed(range(len(items)))] == items[::-1]
+        assert list(index) == items and index[-1] == items[-1]
+        assert [pickle.loads(pickle.dumps(index))[i] for i in range(len(items))] == items
+    assert read_manifest(csv_manifest)[2]["caption"] == "two\nlines"
+    bad = write_lines(tmp_path / "bad.jsonl", [json.dumps({"path": "a.mp4", "caption": "c"}), '{"path": "b.mp4"}'])
+    with pytest.raises(ValueError, match="line 2: give exactly one"):
+        ManifestIndex(bad)
+
+
+def test_check_lists_a_bounded_number_of_problems_but_counts_all(tmp_path):
+    manifest = write_lines(tmp_path / "m.jsonl", [json.dumps({"path": f"gone{i}.mp4", "caption": "c"})
+                                                  for i in range(30)])
+    report = check_manifest(manifest, max_listed=4)
+    assert report["counts"]["missing"] == 30 and report["bad"] == 30 and len(report["missing"]) == 4
+    assert "... and 26 more" in format_report(report, max_listed=4)

@@ -125,6 +125,24 @@ def test_interrupt_by_signal_saves_and_resume_repeats_the_uninterrupted_losses(t
     assert [r["loss"] for r in metrics(tmp_path)] == reference.losses  # bit-identical, steps 1-6
 
 
+def test_resume_with_two_loader_workers_repeats_the_uninterrupted_run_without_workers(tmp_path):
+    reference, _ = train(tmp_path / "reference", steps=6, items=Items(corrupt=(5, 9)), num_workers=0)
+    calls = []
+
+    def signal_in_step_three():
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first, _ = train(tmp_path, steps=6, items=Items(corrupt=(5, 9)), on_loss=signal_in_step_three, num_workers=2)
+    assert first.status == "interrupted" and first.step == 3
+    second, _ = train(tmp_path, steps=6, items=Items(corrupt=(5, 9)), num_workers=2)
+    assert second.step == 6 and second.bad_items == reference.bad_items == 2
+    got, expected = metrics(tmp_path), metrics(tmp_path / "reference")
+    assert [r["loss"] for r in got] == reference.losses  # bit-identical, steps 1-6
+    assert [r["bad_items"] for r in got] == [r["bad_items"] for r in expected]
+
+
 def test_a_crashed_run_truncates_metrics_and_resumes_from_the_last_checkpoint(tmp_path):
     reference, _ = train(tmp_path / "reference", steps=5)
     calls = []

@@ -176,6 +176,9 @@ def data_parser() -> argparse.ArgumentParser:
     check.add_argument("manifest")
     check.add_argument("--num-frames", type=positive_int, default=None, help="minimum frames per video item")
     check.add_argument("--size", type=positive_int, default=None, help="minimum frame side")
+    convert = commands.add_parser("convert-shards", help="rewrite a token shard directory in the current format")
+    convert.add_argument("source")
+    convert.add_argument("target")
     return parser
 
 
@@ -196,9 +199,12 @@ def data_main(argv=None) -> None:
         manifest = write_general_dataset(args.out, args.num_clips, num_frames=args.frames, size=args.size,
                                          seed=args.seed, progress=True)
         print(f"wrote {args.num_clips} clips and {manifest}")
+    elif args.command == "convert-shards":
+        from .shards import convert_shards
+        print(f"wrote {convert_shards(args.source, args.target, progress=True)} items to {args.target}")
     else:
         from .manifest import check_manifest, format_report
-        report = check_manifest(args.manifest, num_frames=args.num_frames, size=args.size)
+        report = check_manifest(args.manifest, num_frames=args.num_frames, size=args.size, progress=True)
         print(format_report(report))
         if report["bad"]:
             sys.exit(1)
@@ -225,6 +231,12 @@ def encode_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-latents", type=positive_int, default=16, help="latent frames coded at once (memory)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable videos instead of stopping")
     parser.add_argument("--allow-partial", action="store_true", help="encode what is readable of truncated videos")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="videos encoded at once (same shape)")
+    parser.add_argument("--items-per-shard", type=positive_int, default=1024,
+                        help="videos per shard: the unit a killed run encodes again")
+    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when there is a GPU, else cpu")
+    parser.add_argument("--bf16", action="store_true", help="encode under bf16 autocast (GPU)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by deepspeed
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -235,8 +247,11 @@ def encode_main(argv=None) -> None:
 
     summary = encode_videos(args.tokenizer, args.out, manifest=args.manifest, videos_dir=args.videos, size=args.size,
                             fps=args.fps, max_frames=args.max_frames, chunk_latents=args.chunk_latents,
-                            skip_bad=args.skip_bad, progress=not args.quiet, allow_partial=args.allow_partial)
-    print(f"wrote {summary['items']} items to {args.out} ({summary['skipped']} skipped)")
+                            skip_bad=args.skip_bad, progress=not args.quiet, batch_size=args.batch_size,
+                            items_per_shard=args.items_per_shard, device=args.device, bf16=args.bf16,
+                            allow_partial=args.allow_partial)
+    print(f"wrote {summary['items']} items to {args.out} ({summary['skipped']} skipped)"
+          + ("" if summary["finished"] else "; the directory is complete when every rank has finished"))
 
 
 def encode_entry() -> None:

@@ -10,18 +10,23 @@ do not depend on the rank, the world size or what ran before.
 An item that cannot be used (corrupt or too short video, empty prompt: the dataset raises
 ValueError) is replaced by the next item of the epoch's permutation, so batch shapes and the
 order stay reproducible; the loader counts it and remembers it for later epochs.
+
+With num_workers > 0, samples are made in worker processes ahead of the step (loader.py), with the
+same batches, state and bad-item reports as without workers.
 """
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
 
-from tokvid.manifest import item_segments, read_manifest
+from tokvid.loader import (Found, SlotResult, default_num_workers, epoch_permutation, find_sample, next_slot,
+                           prefetching_results, slot_sequence)
+from tokvid.manifest import ManifestIndex, item_segments
 from tokvid.story import chunk_segments
 from tokvid.video_io import count_frames, frames_to_tensor, read_video
 
@@ -43,36 +48,42 @@ class ItemDataset(Protocol):
         """A name for the item in messages (its file)."""
 
 
-def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of all items in one epoch: a pure function of (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_items)
-
-
 class ResumableLoader:
-    """Batches from an ItemDataset in a deterministic, rank-split, resumable order."""
+    """Batches from an ItemDataset in a deterministic, rank-split, resumable order.
 
-    def __init__(self, dataset: ItemDataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    num_workers > 0 makes the samples in that many processes, a batch or two ahead (see loader.py);
+    the batches, the state and the bad items reported are those of num_workers=0. None: a default
+    for this machine (loader.default_num_workers)."""
+
+    def __init__(self, dataset: ItemDataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int | None = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size} ranks")
         if len(dataset) < world_size:
             raise ValueError(f"the dataset has {len(dataset)} items, fewer than the {world_size} ranks; add data")
+        num_workers = default_num_workers() if num_workers is None else num_workers
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.items_per_rank = len(dataset) // world_size
         self.epoch, self.position = 0, 0
         self.bad_items: dict[int, str] = {}  # item index -> reason, learnt while reading
         self.bad_encounters = 0  # sample slots that needed a replacement (an item met in two epochs counts twice)
         self._permutation_cache: tuple[int, np.ndarray] | None = None
+        self._results: Iterator[SlotResult] | None = None  # the workers' results, from the next slot on
 
     def next_batch(self) -> Any:
         return self.dataset.collate([self._next_sample() for _ in range(self.batch_size)])
 
     def skip(self, num_items: int) -> None:
-        """Advance past items without reading them (the rest of a step that was abandoned)."""
+        """Advance past items without using them (the rest of a step that was abandoned)."""
         for _ in range(num_items):
             self._take_slot()
+            if self._results is not None:
+                next(self._results)  # made ahead, dropped unseen: as if never read
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "bad_items": dict(self.bad_items),
@@ -87,9 +98,14 @@ class ResumableLoader:
             raise ValueError("cannot continue the data order of the checkpoint: "
                              + ", ".join(f"{k} was {old}, now {new}" for k, (old, new) in changed.items())
                              + "; resume with the same data, seed, number of ranks and micro-batch size")
+        self.close()
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self.bad_items = {int(k): str(v) for k, v in state["bad_items"].items()}
         self.bad_encounters = int(state["bad_encounters"])
+
+    def close(self) -> None:
+        """Stop the worker processes (they start again, from the current slot, at the next batch)."""
+        self._results = None  # the DataLoader iterator shuts its workers down when dropped
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._permutation_cache is None or self._permutation_cache[0] != epoch:
@@ -98,32 +114,37 @@ class ResumableLoader:
 
     def _take_slot(self) -> tuple[int, int]:
         """(epoch, position in the epoch's global permutation) of this rank's next sample."""
-        slot = (self.epoch, self.rank + self.position * self.world_size)
-        self.position += 1
-        if self.position == self.items_per_rank:
-            self.epoch, self.position = self.epoch + 1, 0
+        slot, self.epoch, self.position = next_slot(self.epoch, self.position, self.rank, self.world_size,
+                                                    self.items_per_rank)
         return slot
 
     def _next_sample(self) -> Any:
-        epoch, start = self._take_slot()
-        permutation = self._permutation(epoch)
-        num_items = len(permutation)
-        for offset in range(num_items):
-            index = int(permutation[(start + offset) % num_items])
-            if index in self.bad_items:
-                continue
-            try:
-                sample = self.dataset.load(index, np.random.default_rng([self.seed, epoch, index]))
-            except ValueError as error:
-                self.bad_items[index] = str(error)
+        if self.num_workers == 0:
+            epoch, start = self._take_slot()
+            return self._accept(find_sample(self.dataset, self._permutation(epoch), start, self.seed, epoch,
+                                            self.bad_items))
+        if self._results is None:
+            slots = slot_sequence(self.epoch, self.position, self.rank, self.world_size, self.items_per_rank)
+            self._results = prefetching_results(self.dataset, self.seed, self.bad_items, slots, self.num_workers,
+                                                samples_ahead=2 * self.batch_size)
+        slot, found, error = next(self._results)
+        if slot != self._take_slot():
+            raise RuntimeError(f"rank {self.rank}: a worker answered for slot {slot} out of order")
+        if error is not None:
+            raise ValueError(error)
+        return self._accept(found)
+
+    def _accept(self, found: Found) -> Any:
+        """Learn what finding a sample met, in slot order: the bad items and whether it needed a replacement."""
+        sample, offset, bad = found
+        for index, reason in bad:
+            if index not in self.bad_items:
+                self.bad_items[index] = reason
                 logger.warning("rank %d: skipping unusable item %s (%s); replaced by the next item of the epoch "
-                               "(%d unusable so far)", self.rank, self.dataset.describe(index), error,
+                               "(%d unusable so far)", self.rank, self.dataset.describe(index), reason,
                                len(self.bad_items))
-                continue
-            self.bad_encounters += offset > 0
-            return sample
-        raise ValueError(f"none of the {num_items} items can be used; first problem: "
-                         f"{next(iter(self.bad_items.values()))}")
+        self.bad_encounters += offset > 0
+        return sample
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,13 +171,13 @@ class ClipDataset:
 
     def __init__(self, items: list[dict] | str | Path, num_frames: int, size: int | tuple[int, int],
                  temporal_compression: int, fps: float | None = None, cache_bytes: int = 1 << 30):
-        if isinstance(items, (str, Path)):
-            items = read_manifest(items)
-        if not items:
+        # a manifest file is indexed, not loaded: millions of lines cost megabytes, in every worker
+        items = ManifestIndex(items) if isinstance(items, (str, Path)) else list(items)
+        if not len(items):
             raise ValueError("the manifest has no items; add video or image files to it")
         if num_frames < 1 or (num_frames - 1) % temporal_compression:
             raise ValueError(f"num_frames must be 1 + k*{temporal_compression} for this tokenizer, got {num_frames}")
-        self.items, self.num_frames, self.size, self.fps = list(items), num_frames, size, fps
+        self.items, self.num_frames, self.size, self.fps = items, num_frames, size, fps
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached_bytes = 0

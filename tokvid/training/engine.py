@@ -81,6 +81,8 @@ class TrainingConfig:
     max_consecutive_skips: int = _flag(5, "stop (after a checkpoint) when this many steps in a row are skipped "
                                           "(non-finite loss or gradient)")
     max_bad_data_fraction: float = _flag(0.01, "stop when more than this fraction of the data items is unusable")
+    num_workers: int | None = _flag(None, "data loading processes per rank (default: the cores per rank beyond "
+                                          "one, at most 4)")
     throughput_unit: str = _flag("tokens", "metrics report <unit>_per_s (set by the training, not a flag)",
                                  flag=None)
 
@@ -308,7 +310,8 @@ class _Trainer:
                 deepspeed.zero.register_external_parameter(self.module, parameter)
         self.device = self.engine.device
         self.float_dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
-        self.loader = ResumableLoader(dataset, config.micro_batch, config.seed, self.rank, self.world_size)
+        self.loader = ResumableLoader(dataset, config.micro_batch, config.seed, self.rank, self.world_size,
+                                      num_workers=config.num_workers)
         self.step, self.skipped_total, self.consecutive_skips = 0, 0, 0
         self.stop = StopRequest(self.rank)
         self.bad_reports, self.bad_names = 0, {}  # bad items reported by all ranks, and their merged names

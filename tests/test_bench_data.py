@@ -1,0 +1,24 @@
+"""bench/data.py runs end to end at smoke sizes and checks what it measures (no timing is asserted)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_data_bench_smoke(tmp_path):
+    out = tmp_path / "data.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "data.py"), "--smoke", "--work", str(tmp_path / "w"),
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shard random access" in proc.stdout and "tokvid-encode videos/s" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["access"]["v2"]["random_equals_sequential"] and results["access"]["v2"]["items"] == 3000
+    assert results["open"]["v1"]["items"] == results["open"]["v2"]["items"] == 3000
+    assert results["window"]["same_frames"] and results["encode"]["same_items"]
+    assert results["manifest"]["index"]["lines"] == results["manifest"]["check"]["lines"] == 2000
+    assert results["encode"]["2"]["videos"] == results["encode"]["1"]["videos"] == 8
+    assert set(results["wait"]["clips"]) == {"0", "2"}
