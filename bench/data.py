@@ -149,7 +149,7 @@ def wait_phase(params: dict) -> dict:
     import torch
 
     from tokvid.datasets import ClipDataset, ResumableLoader
-    from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+    from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
     torch.manual_seed(0)
     model = VideoTokenizer(video_tokenizer_preset(params["preset"]))

@@ -15,7 +15,7 @@ from tokvid.cli import encode_main, run_cli
 from tokvid.encoding import encode_videos
 from tokvid.shards import TokenShards
 from tokvid.video_io import write_video
-from tokvid.video_tokenizer import VideoTokenizer, video_tokenizer_preset
+from tokvid.models.video_tokenizer import VideoTokenizer, video_tokenizer_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
