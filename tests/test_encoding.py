@@ -55,8 +55,11 @@ def test_encode_then_decode_round_trip_without_sources(saved_tokenizers, manifes
 
     out = tmp_path / "decoded"
     decode_main(["--tokenizer", str(tok_dir), "--shards", str(shards), "--out", str(out), "--quiet"])
-    decoded = read_video(out / "000000.mp4")
+    decoded = read_video(out / "000000-v0.mp4")  # named after the item and its source
     assert decoded.shape == (9, 32, 40, 3)
+    listed = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert listed == [{"path": "000000-v0.mp4", "caption": "clip 0"}, {"path": "000001-v1.mp4", "caption": "clip 1"},
+                      {"path": "000002-v2.mp4", "caption": "clip 2"}]  # captions kept: a data set again
 
 
 def test_decoding_with_another_tokenizer_fails_clearly(saved_tokenizers, manifest, tmp_path, capsys):

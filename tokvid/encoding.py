@@ -228,7 +228,9 @@ def _finish(out: Path, num_units: int, made_by: dict, fps: float | None) -> dict
 
 def decode_shards(tokenizer: str | Path, shards_dir: str | Path, out_dir: str | Path, video_format: str = "mp4",
                   limit: int | None = None, chunk_latents: int = 16, progress: bool = False) -> int:
-    """Decode token shards back to video files named after their item index; returns the count."""
+    """Decode token shards back to videos, each named after its item index and source file
+    (`000003-clip.mp4`), and a `manifest.jsonl` beside them with each video's caption or story, so that
+    the directory is a data set again. Returns the count."""
     model = VideoTokenizer.from_pretrained(tokenizer)
     shards = TokenShards(shards_dir)
     shards.check_tokenizer(model)
@@ -239,10 +241,14 @@ def decode_shards(tokenizer: str | Path, shards_dir: str | Path, out_dir: str | 
     if progress:
         from tqdm import tqdm
         indices = tqdm(indices, desc="decode", unit="video")
-    for i in indices:
-        codes, meta = shards[i]
-        with torch.no_grad():
-            video = model.decode(codes[None], chunk_latents=chunk_latents)[0]
-        frames = tensor_to_frames(video)[: meta.get("num_frames")]
-        write_video(out / f"{i:06d}.{video_format}", frames, fps=meta.get("fps") or 8)
+    with open(out / "manifest.jsonl", "w", encoding="utf-8") as manifest:
+        for i in indices:
+            codes, meta = shards[i]
+            with torch.no_grad():
+                video = model.decode(codes[None], chunk_latents=chunk_latents)[0]
+            frames = tensor_to_frames(video)[: meta.get("num_frames")]
+            name = f"{i:06d}-{Path(str(meta.get('source', 'video'))).stem}.{video_format}"
+            write_video(out / name, frames, fps=meta.get("fps") or 8)
+            text = {key: meta[key] for key in ("caption", "story") if key in meta}
+            manifest.write(json.dumps({"path": name, **text}) + "\n")
     return count
