@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -209,20 +207,7 @@ PHASES = {"flops": phase_flops, "train": phase_train}
 
 def run_under_launcher(params: dict, ranks: int) -> dict:
     """phase_train with `ranks` processes x 1 thread under the deepspeed launcher; rank 0's result."""
-    from tokvid.training import free_port
-
-    payload = json.dumps({"phase": "train", "threads": 1, **params})
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
-    command = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), str(Path(__file__).resolve()),
-               common.PHASE_FLAG, payload]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if common.RESULT_MARKER in line:
-            result = json.loads(line.split(common.RESULT_MARKER, 1)[1])
-            if result.get("rank") == 0:
-                return result
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    raise common.PhaseError(f"launcher run exited with code {proc.returncode}:\n{tail}")
+    return common.run_launched_phase(Path(__file__), "train", params, ranks)[0]
 
 
 # ----------------------------------------------------------------------------------------------
