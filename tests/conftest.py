@@ -34,3 +34,8 @@ def tiny_pipeline_dir(tmp_path_factory):
                                      text_pad_id=text.pad_id)
     save_pipeline(root / "pipe", Generator(config), text, video, fps=8, defaults=SamplingSettings(steps=2))
     return root / "pipe"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bench: a bench/ script's end-to-end smoke run (> ~20 s); "
+                                       "runs by default, deselect with -m 'not bench'")
