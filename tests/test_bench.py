@@ -62,10 +62,13 @@ def share(value) -> float:
     return number(value, 0.0, 1.0)
 
 
-def load(path: Path) -> dict:
-    data = json.loads(path.read_text())
+def run_json(tmp_path: Path, script: str, *args: str, python: Path | str = sys.executable) -> tuple[dict, str]:
+    """Run bench/<script> with `--out tmp_path/<name>.json`; (that JSON, checked for its run facts; stdout)."""
+    out = tmp_path / f"{Path(script).stem}.json"
+    stdout = run(script, *args, "--out", str(out), cwd=tmp_path, python=python)
+    data = json.loads(out.read_text())
     assert {"time", "threads", "loadavg_at_start", "torch"} <= data["run"].keys()
-    return data
+    return data, stdout
 
 
 # ---- the result channel of child phases (issue 42: no shared stdout) ------------------------------------
@@ -109,10 +112,9 @@ def test_result_files_are_whole_or_absent(tmp_path):
 @pytest.mark.bench
 def test_train_smoke(tmp_path):
     """Both models at their tiny presets, 1 process and 2 ranks under the deepspeed launcher."""
-    out = tmp_path / "train.json"
-    run("train.py", "--models", "generator", "tokenizer", "--generator-presets", "tiny", "--tokenizer-presets",
-        "tiny", "--steps", "2", "--warmup", "1", "--out", str(out), cwd=tmp_path)
-    rows = load(out)["results"]
+    data, _ = run_json(tmp_path, "train.py", "--models", "generator", "tokenizer", "--generator-presets", "tiny",
+                       "--tokenizer-presets", "tiny", "--steps", "2", "--warmup", "1")
+    rows = data["results"]
     assert [r["model"] for r in rows] == ["generator tiny", "tokenizer tiny"]
     for row, unit in zip(rows, ("tokens", "frames")):
         assert row["unit"] == unit and row["two_ranks_world_size"] == 2
@@ -158,9 +160,7 @@ def check_generate(data: dict) -> None:
 
 @pytest.mark.bench
 def test_generate_smoke(tmp_path):
-    out = tmp_path / "generate.json"
-    stdout = run("generate.py", *GENERATE_SMALL, "--no-peer", "--out", str(out), cwd=tmp_path)
-    data = load(out)
+    data, stdout = run_json(tmp_path, "generate.py", *GENERATE_SMALL, "--no-peer")
     check_generate(data)
     assert data["default"]["peer"] is None and "no peer rows" in stdout
 
@@ -168,9 +168,7 @@ def test_generate_smoke(tmp_path):
 @pytest.mark.bench
 @needs_peer
 def test_generate_with_the_peer(tmp_path):
-    out = tmp_path / "generate.json"
-    run("generate.py", *GENERATE_SMALL, "--peer-venv", str(PEER_VENV), "--out", str(out), cwd=tmp_path)
-    data = load(out)
+    data, _ = run_json(tmp_path, "generate.py", *GENERATE_SMALL, "--peer-venv", str(PEER_VENV))
     check_generate(data)
     peer = data["default"]["peer"]
     assert peer["video"]["frames"] == 17 and peer["video"]["steps"] == 1
@@ -207,9 +205,7 @@ def check_tokenizer(data: dict) -> None:
 
 @pytest.mark.bench
 def test_tokenizer_smoke(tmp_path):
-    out = tmp_path / "tokenizer.json"
-    run("tokenizer.py", *TOKENIZER_SMALL, "--no-peer", "--out", str(out), cwd=tmp_path)
-    data = load(out)
+    data, _ = run_json(tmp_path, "tokenizer.py", *TOKENIZER_SMALL, "--no-peer")
     check_tokenizer(data)
     assert data["speed"][0]["peer"] is None and data["quality"][0]["peer_untrained"] is None
 
@@ -217,9 +213,7 @@ def test_tokenizer_smoke(tmp_path):
 @pytest.mark.bench
 @needs_peer
 def test_tokenizer_with_the_peer(tmp_path):
-    out = tmp_path / "tokenizer.json"
-    run("tokenizer.py", *TOKENIZER_SMALL, "--peer-venv", str(PEER_VENV), "--out", str(out), cwd=tmp_path)
-    data = load(out)
+    data, _ = run_json(tmp_path, "tokenizer.py", *TOKENIZER_SMALL, "--peer-venv", str(PEER_VENV))
     check_tokenizer(data)
     peer_speed, peer_quality = data["speed"][0]["peer"], data["quality"][0]["peer_untrained"]
     positive(peer_speed["encode_frames_per_s"]), positive(peer_speed["decode_frames_per_s"])
@@ -233,15 +227,14 @@ def test_tokenizer_with_the_peer(tmp_path):
 def test_eval_shapes_smoke(tmp_path):
     """One video per set (the long story of two 16-frame segments), a 1-point sweep and 2 tokenizer clips,
     with the bundled model."""
-    out = tmp_path / "eval.json"
-    run("eval_shapes.py", "--limit", "1", "--stories", "1", "--long-count", "1", "--long-frames", "32",
-        "--sweep", "--sweep-cfg", "1", "--sweep-steps", "2", "--sweep-temperature", "1.0",
-        "--tokenizer", "shapes", "--tokenizer-clips", "2", "--threads", "1", "--out", str(out), cwd=tmp_path)
-    data = load(out)
+    data, _ = run_json(tmp_path, "eval_shapes.py", "--limit", "1", "--stories", "1", "--long-count", "1",
+                       "--long-frames", "32", "--sweep", "--sweep-cfg", "1", "--sweep-steps", "2",
+                       "--sweep-temperature", "1.0", "--tokenizer", "shapes", "--tokenizer-clips", "2",
+                       "--threads", "1")
     assert set(data["sets"]) == {"single", "stories", "long"}
     for name, result in data["sets"].items():
         summary = result["summary"]
-        assert summary["videos"] == 1 and (tmp_path / f"eval_{name}.png").stat().st_size > 0
+        assert summary["videos"] == 1 and (tmp_path / f"eval_shapes_{name}.png").stat().st_size > 0
         for key in ("segment_accuracy", "video_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy",
                     "clean_frame_rate", "frozen_video_rate", "blocked_segment_rate"):
             share(summary[key])
@@ -273,9 +266,7 @@ def test_peer_harness_smoke(tmp_path):
     through its own child-process machinery."""
     defaults = json.loads(run("peer_harness.py", "--dump-config", "--set", "steps=2", cwd=tmp_path))
     assert defaults["steps"] == 2 and defaults["image_size"] == 64
-    out = tmp_path / "peer.json"
-    run("peer_harness.py", "--phases", "matmul", "--reps", "1", "--threads", "1", "--out", str(out), cwd=tmp_path)
-    data = load(out)
+    data, _ = run_json(tmp_path, "peer_harness.py", "--phases", "matmul", "--reps", "1", "--threads", "1")
     assert data["settings"]["reps"] == 1
     positive(data["phases"]["matmul"]["gflops"]), positive(data["phases"]["matmul"]["peak_rss_mb"])
 
@@ -291,11 +282,11 @@ PEER_TINY = {"tok_dim": 32, "tr_dim": 32, "tok_heads": 2, "tr_heads": 2, "tok_di
 @pytest.mark.bench
 @needs_peer
 def test_peer_harness_with_the_peer(tmp_path):
-    config, out = tmp_path / "tiny.json", tmp_path / "peer.json"
+    config = tmp_path / "tiny.json"
     config.write_text(json.dumps(PEER_TINY))
-    run("peer_harness.py", "--phases", "params,tok_infer,gen_video,gen_story", "--config", str(config),
-        "--threads", "1", "--out", str(out), cwd=tmp_path, python=PEER_PYTHON)
-    phases = load(out)["phases"]
+    data, _ = run_json(tmp_path, "peer_harness.py", "--phases", "params,tok_infer,gen_video,gen_story", "--config",
+                       str(config), "--threads", "1", python=PEER_PYTHON)
+    phases = data["phases"]
     assert phases["params"]["tokenizer_parameters"] > 0 and phases["params"]["maskgit_parameters"] > 0
     positive(phases["tok_infer"]["encode_frames_per_s"]), positive(phases["tok_infer"]["decode_frames_per_s"])
     assert phases["gen_video"]["frames"] == 5 and positive(phases["gen_video"]["seconds"])
