@@ -6,9 +6,11 @@ file from inside the peer's venv, which has torch and numpy but not tokvid (nor 
 
 A phase is one measurement run in a fresh child process, so its peak RSS is its own:
     result = run_phase(script, "encode", {"size": 64}, threads=2)
-starts `python script --_phase '{"phase": "encode", "size": 64, "threads": 2}'`; the script hands
-that to `child_main(PHASES)`, which calls PHASES["encode"](params) and prints its dict (plus the
-child's peak RSS and load average) as the last line of its output.
+starts `python script --_phase '{"phase": "encode", "size": 64, "threads": 2, "result_dir": ...}'`;
+the script hands that to `child_main(PHASES)`, which calls PHASES["encode"](params) and writes its
+dict (plus the child's peak RSS and load average) to `<result_dir>/rank<RANK>.json`, atomically.
+A phase run under a launcher (`run_launched_phase`) has one such file per rank. Results never travel
+through stdout: a launcher merges its ranks' stdout into one stream, where lines can arrive joined.
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 PHASE_FLAG = "--_phase"
-RESULT_MARKER = "@@BENCH_RESULT@@ "
+RESULT_DIR_KEY = "result_dir"
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_PEER_VENV = BENCH_DIR / ".peer-venv"
 PEER_HARNESS = BENCH_DIR / "peer_harness.py"
@@ -42,28 +45,62 @@ class PhaseError(RuntimeError):
 def run_phase(script: str | Path, phase: str, params: dict | None = None, threads: int = DEFAULT_THREADS,
               python: str | Path | None = None, timeout: float | None = None) -> dict:
     """Run one phase of `script` in a fresh process of `python` (default: this interpreter); return its dict."""
-    payload = {"phase": phase, "threads": threads, **(params or {})}
-    command = [str(python or sys.executable), str(script), PHASE_FLAG, json.dumps(payload)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    raise PhaseError(f"phase {phase!r} of {Path(script).name} exited with code {proc.returncode}:\n{tail}")
+    with tempfile.TemporaryDirectory(prefix="bench-phase-") as result_dir:
+        payload = {"phase": phase, "threads": threads, **(params or {}), RESULT_DIR_KEY: result_dir}
+        command = [str(python or sys.executable), str(script), PHASE_FLAG, json.dumps(payload)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        return _read_rank_results(Path(result_dir), 1, proc, f"phase {phase!r} of {Path(script).name}")[0]
+
+
+def run_launched_phase(script: str | Path, phase: str, params: dict, ranks: int,
+                       timeout: float | None = None) -> list[dict]:
+    """Run one phase of `script` as `ranks` processes x 1 thread under the deepspeed launcher; return
+    every rank's dict, in rank order."""
+    from tokvid.training.distributed import free_port
+
+    with tempfile.TemporaryDirectory(prefix="bench-launch-") as result_dir:
+        payload = json.dumps({"phase": phase, "threads": 1, **params, RESULT_DIR_KEY: result_dir})
+        env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
+        command = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()),
+                   str(Path(script).resolve()), PHASE_FLAG, payload]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        return _read_rank_results(Path(result_dir), ranks, proc, f"launched phase {phase!r} of {Path(script).name}")
+
+
+def _read_rank_results(result_dir: Path, ranks: int, proc: subprocess.CompletedProcess, what: str) -> list[dict]:
+    """Each rank's result file; PhaseError (with the tail of the output) when a rank wrote none."""
+    paths = [result_dir / f"rank{rank}.json" for rank in range(ranks)]
+    missing = [path.name for path in paths if not path.exists()]
+    if missing:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise PhaseError(f"{what} exited with code {proc.returncode} without writing {', '.join(missing)}:\n{tail}")
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def write_result_atomically(result_dir: str | Path, rank: int, result: dict) -> Path:
+    """Write `result` to <result_dir>/rank<rank>.json so that a reader sees the whole file or none."""
+    path = Path(result_dir) / f"rank{rank}.json"
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(result, default=_json_default))
+    os.replace(partial, path)
+    return path
 
 
 def child_main(phases: dict[str, Callable[[dict], dict]]) -> None:
-    """Entry point of a child started by run_phase: run the phase named in argv, print its result, exit."""
+    """Entry point of a child started by run_phase or run_launched_phase: run the phase named in argv,
+    write its result file, exit."""
     params = json.loads(sys.argv[sys.argv.index(PHASE_FLAG) + 1])
     name = params.pop("phase")
+    result_dir = params.pop(RESULT_DIR_KEY)
     if name not in phases:
         raise SystemExit(f"unknown phase {name!r}; known: {sorted(phases)}")
     loadavg = os.getloadavg()[0]
     set_threads(params.get("threads", DEFAULT_THREADS))
     result = phases[name](params)
     result = {**result, "peak_rss_mb": peak_rss_mb(), "loadavg_at_start": round(loadavg, 2)}
-    print(RESULT_MARKER + json.dumps(result), flush=True)
+    # the launcher sets RANK in every rank's environment; a lone child is rank 0
+    write_result_atomically(result_dir, int(os.environ.get("RANK", 0)), result)
     sys.exit(0)
 
 

@@ -350,7 +350,7 @@ def report(results: dict, args) -> None:
                        ["measure", "ours", "baseline", "ratio", "target"], rows)
     print(f"\nv2 random equals sequential: {access['v2']['random_equals_sequential']}; window frames equal whole-file "
           f"frames: {window['same_frames']}; 2-process encoding equals 1-process item for item: {encode['same_items']}")
-    print(f"step times (s): " + ", ".join(f"{s} {w} workers {wait[s][w]['step_s']:.2f}" for s in wait for w in (0, 2)))
+    print("step times (s): " + ", ".join(f"{s} {w} workers {wait[s][w]['step_s']:.2f}" for s in wait for w in (0, 2)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

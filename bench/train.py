@@ -2,9 +2,10 @@
 
     python bench/train.py [--models generator tokenizer] [--generator-presets small base] [--steps 12]
                           [--generator-token-patches 1 2] [--out bench/results/train.json]
+    python bench/train.py --generator-presets tiny --tokenizer-presets tiny --steps 2 --warmup 1   # smoke run
 
 For reference generators (presets "small" and "base", 64x64 shapes-sized chunks) and a tokenizer
-(preset "small", 17x64x64 clips), on synthetic data:
+(preset "small", 17x64x64 clips), on synthetic data ("tiny" presets: smoke runs only):
   - one process x 2 threads, and 2 ranks x 1 thread under `deepspeed --num_gpus 2` (ZeRO-2, gloo);
   - tokens/s (generator) or frames/s (tokenizer): median over the steps after --warmup; generators with
     a token patch (2: a 2x2 patch of tokens per transformer position) are rows of their own;
@@ -21,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -207,20 +206,7 @@ PHASES = {"flops": phase_flops, "train": phase_train}
 
 def run_under_launcher(params: dict, ranks: int) -> dict:
     """phase_train with `ranks` processes x 1 thread under the deepspeed launcher; rank 0's result."""
-    from tokvid.training.distributed import free_port
-
-    payload = json.dumps({"phase": "train", "threads": 1, **params})
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
-    command = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), str(Path(__file__).resolve()),
-               common.PHASE_FLAG, payload]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if common.RESULT_MARKER in line:
-            result = json.loads(line.split(common.RESULT_MARKER, 1)[1])
-            if result.get("rank") == 0:
-                return result
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    raise common.PhaseError(f"launcher run exited with code {proc.returncode}:\n{tail}")
+    return common.run_launched_phase(Path(__file__), "train", params, ranks)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,6 +220,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the median")
     parser.add_argument("--generator-presets", nargs="+", default=["small", "base"], choices=("tiny", "small", "base"),
                         help="generator sizes to measure")
+    parser.add_argument("--tokenizer-presets", nargs="+", default=["small"], choices=("tiny", "small"),
+                        help="video tokenizer sizes to measure")
     parser.add_argument("--generator-token-patches", nargs="+", type=int, default=[1],
                         help="token patches to measure each generator preset with (2: 2x2 tokens per position)")
     parser.add_argument("--generator-batch", type=int, default=4, help="generator micro-batch (global, split by ranks)")
@@ -265,7 +253,8 @@ def bench_model(script: Path, model: str, preset: str, token_patch: int, global_
               "flops_per_unit": flops_per_unit, "flop_counter_per_unit": counted_per_unit,
               "matmul_shape": shape, "single_matmul_gflops": single["matmul_gflops"],
               "two_ranks_matmul_gflops": pair["matmul_gflops"],
-              "single_2_threads_per_s": single["per_s"], "two_ranks_per_s": pair["per_s"]}
+              "single_2_threads_per_s": single["per_s"], "two_ranks_per_s": pair["per_s"],
+              "two_ranks_world_size": pair["world_size"]}
     result["single_mfu"] = single["per_s"] * flops_per_unit / (single["matmul_gflops"] * 1e9)
     result["two_ranks_mfu"] = pair["per_s"] * flops_per_unit / (pair["matmul_gflops"] * 1e9)
     result["two_ranks_over_single"] = common.ratio(pair["per_s"], single["per_s"])
@@ -279,7 +268,7 @@ def main() -> None:
     batches = {"generator": args.generator_batch, "tokenizer": args.tokenizer_batch}
     runs = [("generator", preset, patch) for preset in args.generator_presets
             for patch in args.generator_token_patches] * ("generator" in args.models)
-    runs += [("tokenizer", "small", 1)] * ("tokenizer" in args.models)
+    runs += [("tokenizer", preset, 1) for preset in args.tokenizer_presets] * ("tokenizer" in args.models)
     for model, preset, patch in runs:
         print(f"benchmarking {run_name(model, preset, patch)} ...", flush=True)
         results["results"].append(bench_model(script, model, preset, patch, batches[model], args))

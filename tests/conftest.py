@@ -40,3 +40,8 @@ def tiny_pipeline_dir(tmp_path_factory):
                                      text_pad_id=text.pad_id)
     save_pipeline(root / "pipe", Generator(config), text, video, fps=8, sampling=SamplingConfig(steps=2, redraw_first_frame=False))
     return root / "pipe"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bench: a bench/ script's end-to-end smoke run (> ~20 s); "
+                                       "runs by default, deselect with -m 'not bench'")
