@@ -297,3 +297,35 @@ def test_peer_harness_with_the_peer(tmp_path):
 def test_setup_peer_leaves_a_ready_venv_as_it_is(tmp_path):
     stdout = run("setup_peer.sh", str(PEER_VENV), cwd=tmp_path)
     assert "already has the pinned versions" in stdout and "peer venv ready" in stdout
+
+
+# ---- bench/startup.py and bench/eval_scenes.py ---------------------------------------------------
+
+
+@pytest.mark.bench
+def test_startup_smoke(tmp_path):
+    """Start-up and a 1-frame `tokvid generate`, once each, against `import torch` measured in the same run."""
+    out = tmp_path / "startup.json"
+    stdout = run("startup.py", "--reps", "1", "--frames", "1", "--out", str(out), cwd=tmp_path)
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert set(rows) == {"import_torch", "import_tokvid", "generate_help", "generate_threads_1",
+                         "generate_threads_default"}
+    for row in rows.values():
+        positive(row["median_s"]), positive(row["ratio_to_import_torch"])
+    assert rows["import_torch"]["ratio_to_import_torch"] == 1.0 and "generate_help" in stdout
+
+
+@pytest.mark.bench
+def test_eval_scenes_smoke(tmp_path):
+    """Ground truth on a couple of videos per set: the harness scores what it renders as right."""
+    data, _ = run_json(tmp_path, "eval_scenes.py", "--oracle", "--small", "--single", "1", "--pairs", "1",
+                       "--held-out", "1", "--held-out-pair", "1", "--orange", "1", "--orange-pair", "1",
+                       "--stories", "1", "--long", "1", "--long-frames", "32", "--threads", "1")
+    assert {"single", "pairs", "held_out", "orange", "stories", "long"} <= set(data["sets"])
+    for result in data["sets"].values():
+        summary = result["summary"]
+        assert share(summary["video_accuracy"]["rate"]) == 1.0  # the renders themselves are right
+        assert share(summary["clean_frame_rate"]["rate"]) == 1.0 and share(summary["frozen_video_rate"]["rate"]) == 0
+        low, high = summary["video_accuracy"]["interval"]
+        assert 0.0 <= share(low) <= 1.0 == share(high)
