@@ -133,35 +133,21 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     `video_tokenizer` (default: the name recorded in the shards) goes into the exported pipeline.
     """
     from tokvid.datasets import TokenChunkDataset, chunk_token_count
-    from tokvid.models.generator import Generator, generator_config_preset
+    from tokvid.models.generator import Generator
     from tokvid.pipeline import save_pipeline
     from tokvid.shards import TokenShards
     from tokvid.story import num_chunks_for_frames
 
     shards = TokenShards(shards_dir)
     tokenizer_name, video_model = _shards_video_tokenizer(shards, shards_dir, video_tokenizer)
-    fsq = video_model.config.quantizer == "fsq"
-    if digit_head and not fsq:
-        raise ValueError(f"a digit head needs an FSQ video tokenizer; {tokenizer_name} uses "
-                         f"{video_model.config.quantizer!r}: train with --head codes")
-    # Measured on shapes-v1 (docs/design-notes.md): the digit head learns colour and motion within the CPU
-    # budget where one softmax over all codes still draws only background.
-    digit_head = fsq if digit_head is None else digit_head
     text_dir = Path(text_tokenizer) if text_tokenizer else Path(config.out_dir) / "text_tokenizer"
     text_model = _prompt_tokenizer(shards, text_dir, train=not text_tokenizer, vocab_size=text_vocab_size,
                                    max_length=text_length, seed=config.seed)
     max_chunks = num_chunks_for_frames(num_frames, video_model.temporal_compression)
     start = None if init_from is None else _start_generator(init_from)
     window_chunks = _fine_tuning_window(window_chunks, max_chunks, start)
-    height, width = shards.info["grid"]
-    model_config = generator_config_preset(
-        preset, codebook_size=video_model.vocab_size, text_vocab_size=text_model.vocab_size,
-        text_length=text_model.max_length, chunk_height=height, chunk_width=width,
-        window_chunks=window_chunks, text_pad_id=text_model.pad_id,
-        text_bos_id=text_model.bos_id, text_eos_id=text_model.eos_id,
-        # FSQ codes are digit tuples: embedding them by digits shares what is learnt across neighbouring codes
-        code_levels=list(video_model.config.fsq_levels) if fsq else None, digit_head=digit_head,
-        token_patch=token_patch)
+    model_config = _generator_config(preset, video_model, tokenizer_name, text_model, shards.info["grid"],
+                                     window_chunks, digit_head, token_patch)
     dataset = TokenChunkDataset(shards, text_model, max_chunks)
     start_weights = None if start is None else _checked_start_weights(
         start, init_from, model_config, "generator", "the preset, --window-chunks, --head, --token-patch and tokenizers")
@@ -184,6 +170,27 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
                         export, run_info={"model_config": asdict(model_config), "shards": str(shards_dir),
                                           "init_from": None if init_from is None else str(init_from),
                                           "text_tokenizer": str(text_dir), "video_tokenizer": str(tokenizer_name)})
+
+
+def _generator_config(preset: str, video_model, video_name: str, text_model, grid, window_chunks: int,
+                      digit_head: bool | None, token_patch: int):
+    """The preset sized for the tokenizers and shards; FSQ codes are digit tuples, so they are embedded by
+    digits (what is learnt is shared across neighbouring codes) and, unless told otherwise, predicted by a
+    digit head: on shapes-v1 it learns colour and motion within the CPU budget where one softmax over all
+    codes still draws only background (docs/design-notes.md)."""
+    from tokvid.models.generator import generator_config_preset
+
+    fsq = video_model.config.quantizer == "fsq"
+    if digit_head and not fsq:
+        raise ValueError(f"a digit head needs an FSQ video tokenizer; {video_name} uses "
+                         f"{video_model.config.quantizer!r}: train with --head codes")
+    height, width = grid
+    return generator_config_preset(
+        preset, codebook_size=video_model.vocab_size, text_vocab_size=text_model.vocab_size,
+        text_length=text_model.max_length, chunk_height=height, chunk_width=width, window_chunks=window_chunks,
+        text_pad_id=text_model.pad_id, text_bos_id=text_model.bos_id, text_eos_id=text_model.eos_id,
+        code_levels=list(video_model.config.fsq_levels) if fsq else None,
+        digit_head=fsq if digit_head is None else digit_head, token_patch=token_patch)
 
 
 def _shards_video_tokenizer(shards, shards_dir: str | Path, name: str | Path | None) -> tuple[str, nn.Module]:
