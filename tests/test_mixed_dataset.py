@@ -48,7 +48,7 @@ def batches(loader, count):
 def test_images_take_the_asked_share_and_every_image_is_reachable(shards):
     videos, images = split_token_shards(shards)
     assert len(videos) == 7 and len(images) == 10
-    assert all(shards.index[i][2] == 1 for i in images) and all(shards.index[i][2] > 1 for i in videos)
+    assert all(len(shards[i][0]) == 1 for i in images) and all(len(shards[i][0]) > 1 for i in videos)
     assert image_slot_count(7, 10, 0.5) == 7 and image_slot_count(7, 10, 0.0) == 0
     assert image_slot_count(7, 10, 1.0) == 10 and image_slot_count(30, 10, 0.75) == 90
     dataset = mixed_token_dataset(shards, HashTokenizer(), MAX_CHUNKS, image_ratio=0.5)

@@ -109,10 +109,12 @@ def _keep(result: SlotResult) -> SlotResult:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group, but it is for the training process, which finishes its step
-    # with the samples already asked for, saves and stops the workers; a worker dying first would fail the
-    # step. SIGTERM keeps its default: it is how the workers are stopped when the process exits.
+    # Ctrl-C, scancel, docker stop and the launchers signal the whole process group (workers included), but
+    # the signal is for the training process: it finishes its step with the samples already asked for,
+    # saves, and then stops its workers itself (DataLoader's shutdown); a worker dying first would fail the
+    # step and the save. A worker whose training process is gone exits on its own (DataLoader's watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def prefetching_results(dataset, seed: int, known_bad: dict[int, str], slots: Iterator[tuple[int, int]],

@@ -99,8 +99,8 @@ class MixedItemDataset:
 def split_token_shards(shards) -> tuple[list[int], list[int]]:
     """(video item indices, image item indices) of a TokenShards: an image is one latent chunk."""
     videos, images = [], []
-    for index, (_, _, length) in enumerate(shards.index):
-        (images if length == 1 else videos).append(index)
+    for index in range(len(shards)):
+        (images if len(shards.codes_array(index)) == 1 else videos).append(index)
     return videos, images
 
 

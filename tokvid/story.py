@@ -43,8 +43,8 @@ def validate_segments(segments) -> list[Segment]:
         raise ValueError("the story is empty; give at least one (prompt, frames) segment")
     total = sum(frames for _, frames in checked)
     if total > MAX_STORY_FRAMES:
-        raise ValueError(f"the story asks for {total} frames; a video holds at most {MAX_STORY_FRAMES} "
-                         "(about 3.5 hours at 8 fps): make several videos, continuing each from the last "
+        raise ValueError(f"the story asks for {total} frames; the limit is {MAX_STORY_FRAMES} a video (about "
+                         "3.5 hours at 8 fps): make several videos, continuing each from the last "
                          "(prime_frames / --prime)")
     return checked
 
