@@ -332,7 +332,7 @@ def report(results: dict, args) -> None:
          f"{manifest['index']['seconds']:.2f} / {manifest['index']['rss_delta_mb']:.0f}", None, None, "bounded"],
         ["  tokvid-data check, s / RSS added MB",
          f"{manifest['check']['seconds']:.1f} / {manifest['check']['rss_delta_mb']:.0f}", None, None, "bounded"],
-        [f"9-frame window at frame {window['start']} of {window['frames_in_file']}, s (pre-merge)",
+        [f"9-frame window at frame {window['start']} of {window['frames_in_file']}, s",
          window["window_seconds"], window["whole_seconds"], common.ratio(window["whole_seconds"],
                                                                         window["window_seconds"]), ">= 30x"],
     ]

@@ -113,7 +113,7 @@ def train_generator(tmp_path, scramble_at_start: bool = False, scramble_before_l
 
 def test_training_losses_do_not_depend_on_the_global_rng_state(tmp_path):
     """Scrambling the global RNGs at every step (at its start and right before the loss) changes no loss:
-    restoring them on resume (training.py _load, restore_rng_state) cannot matter."""
+    checkpoints keep no RNG state and resume stays exact."""
     plain = train_generator(tmp_path)
     assert train_generator(tmp_path, scramble_at_start=True, scramble_before_loss=True) == plain
     assert len(set(plain)) == 3  # three different steps, not one repeated value

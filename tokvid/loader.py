@@ -109,12 +109,17 @@ def _keep(result: SlotResult) -> SlotResult:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-    # Ctrl-C, scancel, docker stop and the launchers signal the whole process group (workers included), but
-    # the signal is for the training process: it finishes its step with the samples already asked for,
-    # saves, and then stops its workers itself (DataLoader's shutdown); a worker dying first would fail the
-    # step and the save. A worker whose training process is gone exits on its own (DataLoader's watchdog).
+    # Ctrl-C, scancel, docker stop and the launchers signal the whole process group, workers included, but
+    # the signal is for the training process: it finishes its step with the samples already made, saves and
+    # exits. So a worker ignores SIGINT, and on SIGTERM (also how DataLoader and multiprocessing stop
+    # workers) it exits with status 0: a worker killed by the signal would make the training process fail
+    # its save ("DataLoader worker is killed by signal"), one that ignored it would hang the exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum: int, frame) -> None:
+    os._exit(0)
 
 
 def prefetching_results(dataset, seed: int, known_bad: dict[int, str], slots: Iterator[tuple[int, int]],

@@ -1,7 +1,7 @@
-"""Checkpoints on disk: atomic commits, resume resolution and per-rank RNG state.
+"""Checkpoints on disk: atomic commits and resume resolution.
 
 Every rank writes into `RUN/checkpoints/step-XXXXXXX.tmp` (DeepSpeed state plus a per-rank file with
-all RNG states and the data position); rank 0 then writes a COMPLETE marker, fsyncs and renames the
+its data position); rank 0 then writes a COMPLETE marker, fsyncs and renames the
 directory. A save killed halfway leaves the previous checkpoint intact; `resume="auto"` takes the
 newest complete one.
 """
@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
-
-import numpy as np
-import torch
 
 CHECKPOINTS = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
@@ -87,23 +83,3 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
     for path in (Path(run_dir) / CHECKPOINTS).glob("step-*.tmp"):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def capture_rng_state() -> dict:
-    from deepspeed.accelerator import get_accelerator
-
-    accelerator = get_accelerator()
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if accelerator.device_name() != "cpu":
-        state["accelerator"] = accelerator.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    from deepspeed.accelerator import get_accelerator
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "accelerator" in state:
-        get_accelerator().set_rng_state(state["accelerator"])

@@ -38,9 +38,8 @@ import torch.distributed as dist
 from torch import nn
 
 from tokvid.datasets import ItemDataset, ResumableLoader
-from tokvid.training.checkpoints import (CHECKPOINTS, COMPLETE_MARKER, capture_rng_state, checkpoint_name,
-                                         commit_checkpoint, fsync_path, prune_checkpoints, rank_file,
-                                         resolve_resume, restore_rng_state)
+from tokvid.training.checkpoints import (CHECKPOINTS, COMPLETE_MARKER, checkpoint_name, commit_checkpoint,
+                                         fsync_path, prune_checkpoints, rank_file, resolve_resume)
 from tokvid.training.distributed import build_ds_config, buffer_digest, setup_distributed, unsynced_buffers
 
 logger = logging.getLogger(__name__)
@@ -479,9 +478,10 @@ class _Trainer:
         dist.barrier()
 
     def _write_rank_state(self, directory: Path) -> None:
-        """This rank's part of a checkpoint: RNG states, data position, buffer digest."""
+        """This rank's part of a checkpoint: data position and buffer digest. No RNG state: nothing draws
+        from the global RNGs across steps (each micro-step reseeds them, tests/test_invariants.py)."""
         path = rank_file(directory, self.rank)
-        torch.save({"rng": capture_rng_state(), "loader": self.loader.state_dict(), "step": self.step,
+        torch.save({"loader": self.loader.state_dict(), "step": self.step,
                     "buffer_digest": buffer_digest(self.module.model)}, path)
         fsync_path(path)
 
@@ -499,7 +499,6 @@ class _Trainer:
             group["lr"] = self.config.lr * self.schedule(self.scheduler.last_epoch)
         rank_state = torch.load(rank_file(directory, self.rank), weights_only=False)
         self.loader.load_state_dict(rank_state["loader"])
-        restore_rng_state(rank_state["rng"])
         self.step = client_state["step"]
         self.skipped_total = client_state["skipped_total"]
         self.consecutive_skips = client_state["consecutive_skips"]
