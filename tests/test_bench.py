@@ -329,3 +329,13 @@ def test_eval_scenes_smoke(tmp_path):
         assert share(summary["clean_frame_rate"]["rate"]) == 1.0 and share(summary["frozen_video_rate"]["rate"]) == 0
         low, high = summary["video_accuracy"]["interval"]
         assert 0.0 <= share(low) <= 1.0 == share(high)
+
+
+def test_benches_write_outside_the_committed_results_unless_told():
+    """Re-running a bench as documented must not overwrite bench/results/ by accident."""
+    import eval_scenes
+    import eval_shapes
+
+    for module in (eval_shapes, eval_scenes):
+        out = Path(module.parse_args([]).out).resolve()
+        assert BENCH / "results" not in out.parents, (module.__name__, out)

@@ -258,3 +258,54 @@ def test_generation_imports_no_training_code(tmp_path):
         result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
         assert "LOADED []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "one.mp4").exists() and (tmp_path / "one.png").exists()
+
+
+@pytest.mark.parametrize("prompt, unknown", [("a purple elephant dances", ["purple", "elephant", "dances"]),
+                                             ("红色圆圈向右移动", ["红色圆圈向右移动"]),
+                                             ("A RED circle, moves right!", [])])
+def test_words_the_model_never_saw_are_named_with_the_words_it_knows(pipe, prompt, unknown):
+    import warnings
+
+    from tokvid.models.text_tokenizer import PromptWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe(prompt, num_frames=1, seed=0)
+    messages = [str(w.message) for w in caught if issubclass(w.category, PromptWarning)]
+    if not unknown:  # case and punctuation fold away: every word is known
+        assert messages == []
+        return
+    assert len(messages) >= 1 and all(repr(word) in messages[0] for word in unknown)
+    assert "the words it knows: a blue circle" in messages[0]
+    with pytest.raises(ValueError, match="never saw"):
+        pipe(prompt, num_frames=1, seed=0, strict=True)
+
+
+def test_a_prompt_with_no_words_left_after_cleaning_is_refused(pipe):
+    with pytest.raises(ValueError, match="has no words"):
+        pipe("?! ...", num_frames=1, seed=0)
+
+
+def test_a_prompt_longer_than_the_text_encoder_says_how_many_words_fit(pipe):
+    import warnings
+
+    long_prompt = " ".join(["a red circle moves right"] * 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe(long_prompt, num_frames=1, seed=0)
+    (message,) = [str(w.message) for w in caught]
+    assert "too long for this model: it reads" in message and "of its 20 words" in message
+
+
+def test_cli_warns_in_one_line_and_strict_exits_2(tiny_pipeline_dir, tmp_path):
+    common = ["generate", "--prompt", "a purple circle moves right", "--num-frames", "5", "--model",
+              str(tiny_pipeline_dir), "--out", str(tmp_path / "w.mp4")]
+    warned = run_tokvid(*common)
+    assert warned.returncode == 0, warned.stderr
+    lines = [line for line in warned.stderr.splitlines() if "purple" in line]
+    assert lines and all(line.startswith("tokvid: warning: ") for line in lines), warned.stderr  # one line each
+    assert sum(line.startswith("tokvid: warning: this model never saw 'purple'") for line in lines) == 1
+    assert "Traceback" not in warned.stderr
+    strict = run_tokvid(*common, "--strict")
+    assert strict.returncode == 2 and strict.stderr.startswith("tokvid: error: this model never saw 'purple'")
+    assert strict.stderr.count("\n") == 1

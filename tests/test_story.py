@@ -64,3 +64,12 @@ def test_load_story_file(tmp_path):
         load_story_file(path)
     with pytest.raises(ValueError, match="does not exist"):
         load_story_file(tmp_path / "missing.json")
+
+
+def test_a_story_file_with_a_mistyped_key_names_it(tmp_path):
+    from tokvid.story import load_story_file
+
+    path = tmp_path / "story.json"
+    path.write_text('[{"prompt": "a red circle moves right", "frame": 16}]')
+    with pytest.raises(ValueError, match=r"unknown: \['frame'\], missing: \['frames'\]"):
+        load_story_file(path)
