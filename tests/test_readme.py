@@ -54,6 +54,8 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
     for name in ("train", "ds_config.json", "docs"):
         (tmp_path / name).symlink_to(REPO / name)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # this test process may be a 1-rank world already: its port is taken
     blocks = runnable_blocks()
     python = [text for kind, text in blocks if kind == "python"]
     for kind, text in blocks:
