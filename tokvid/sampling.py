@@ -61,7 +61,6 @@ class SamplingConfig:
             raise ValueError(f"redraw_first_frame must be True or False, got {self.redraw_first_frame!r}")
 
 
-
 def with_options(config: SamplingConfig, options: dict) -> SamplingConfig:
     """`config` with some options replaced (and checked again); a ValueError names unknown ones."""
     unknown = sorted(set(options) - {f.name for f in fields(SamplingConfig)})
