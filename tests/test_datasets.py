@@ -274,3 +274,30 @@ def test_long_items_are_cut_at_a_random_chunk_with_matching_prompts(shard_dir):
         assert torch.equal(window["codes"], full["codes"][start:start + 2])
         assert torch.equal(window["text"], full["text"][start:start + 2])
     assert len(starts) > 1
+
+
+def test_workers_stopped_by_a_signal_leave_the_same_batches():
+    """A scheduler's SIGTERM reaches the workers too: they exit quietly, and the loader makes the rest of the
+    samples itself, the same ones (a sample is a function of seed, epoch and item)."""
+    import os
+    import signal
+    import time
+
+    def loader(workers):
+        return ResumableLoader(NumberedItems(11, bad=(3, 7)), batch_size=3, seed=4, num_workers=workers)
+
+    plain = loader(0)
+    expected = [plain.next_batch() for _ in range(5)]
+    parallel = loader(2)
+    got = [parallel.next_batch()]
+    workers = [w.pid for w in parallel._results._workers]
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+              for pid in workers):
+        assert time.monotonic() < deadline, "workers did not exit on SIGTERM"
+        time.sleep(0.05)
+    got += [parallel.next_batch() for _ in range(4)]
+    assert all(torch.equal(a, b) for a, b in zip(expected, got)) and parallel.num_workers == 0
+    assert parallel.state_dict() == plain.state_dict()

@@ -81,9 +81,9 @@ class ResumableLoader:
     def skip(self, num_items: int) -> None:
         """Advance past items without using them (the rest of a step that was abandoned)."""
         for _ in range(num_items):
-            self._take_slot()
             if self._results is not None:
-                next(self._results)  # made ahead, dropped unseen: as if never read
+                self._worker_result()  # made ahead, dropped unseen: as if never read
+            self._take_slot()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "bad_items": dict(self.bad_items),
@@ -127,12 +127,29 @@ class ResumableLoader:
             slots = slot_sequence(self.epoch, self.position, self.rank, self.world_size, self.items_per_rank)
             self._results = prefetching_results(self.dataset, self.seed, self.bad_items, slots, self.num_workers,
                                                 samples_ahead=2 * self.batch_size)
-        slot, found, error = next(self._results)
+        result = self._worker_result()
+        if result is None:
+            return self._next_sample()
+        slot, found, error = result
         if slot != self._take_slot():
             raise RuntimeError(f"rank {self.rank}: a worker answered for slot {slot} out of order")
         if error is not None:
             raise ValueError(error)
         return self._accept(found)
+
+    def _worker_result(self) -> SlotResult | None:
+        """The workers' next result; None when they are gone (a signal to the process group stops them
+        while the step still needs samples): this loader then makes its samples itself, the same ones,
+        since a sample is a function of (seed, epoch, item) alone."""
+        try:
+            return next(self._results)
+        except RuntimeError as error:
+            if "DataLoader worker" not in str(error):
+                raise
+            logger.warning("rank %d: data workers stopped (%s); making the samples in this process", self.rank,
+                           error)
+            self._results, self.num_workers = None, 0
+            return None
 
     def _accept(self, found: Found) -> Any:
         """Learn what finding a sample met, in slot order: the bad items and whether it needed a replacement."""
