@@ -247,6 +247,22 @@ def write_json(path: str | Path | None, data: dict) -> None:
     print(f"\nwrote {path}")
 
 
+def run_report(args, fill) -> int:
+    """What an evaluation script's main does: threads, the run facts, fill(report, out) adding its results
+    (PNGs go beside out), then the JSON; a ValueError is one line and exit code 2."""
+    set_threads(args.threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"run": run_info(args.threads), "args": vars(args)}
+    try:
+        fill(report, out)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_json(out, report)
+    return 0
+
+
 def _json_default(value):
     if hasattr(value, "tolist"):
         return value.tolist()

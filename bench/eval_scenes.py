@@ -123,17 +123,7 @@ def run_sets(args, out: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    common.set_threads(args.threads)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"run": common.run_info(args.threads), "args": vars(args)}
-    try:
-        report["sets"] = run_sets(args, out)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    common.write_json(out, report)
-    return 0
+    return common.run_report(args, lambda report, out: report.update(sets=run_sets(args, out)))
 
 
 if __name__ == "__main__":

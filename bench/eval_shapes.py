@@ -185,10 +185,8 @@ def run_tokenizer(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    common.set_threads(args.threads)
-    out = Path(args.out)
-    report = {"run": common.run_info(args.threads), "args": vars(args)}
-    try:
+
+    def fill(report: dict, out: Path) -> None:
         if args.sets or args.sweep:
             generate = make_generator(args)
             if args.sets:
@@ -197,11 +195,8 @@ def main(argv=None) -> int:
                 report["sweep"] = run_sweep(args, generate)
         if args.tokenizer:
             report["tokenizer"] = run_tokenizer(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    common.write_json(out, report)
-    return 0
+
+    return common.run_report(args, fill)
 
 
 if __name__ == "__main__":
