@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tokvid.datasets import epoch_permutation
+from tokvid.mixed_dataset import MixedBatchLoader
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -60,7 +61,7 @@ class Items:
         return f"clip{index}.mp4"
 
 
-def train(tmp_path, steps=6, items=None, on_loss=None, **overrides):
+def train(tmp_path, steps=6, items=None, on_loss=None, make_loader=None, **overrides):
     settings = dict(out_dir=str(tmp_path / "run"), max_steps=steps, micro_batch=2, save_every=3, warmup_steps=2,
                     lr=1e-2, resume="auto", max_bad_data_fraction=0.5)
     config = TrainingConfig(**{**settings, **overrides})
@@ -76,7 +77,8 @@ def train(tmp_path, steps=6, items=None, on_loss=None, **overrides):
         exported.update({k: v.clone() for k, v in model.state_dict().items()})
         torch.save(model.state_dict(), directory / "weights.pt")
 
-    result = run_training(config, DS_CONFIG, Toy, items or Items(), loss_fn, lambda batch: batch.shape[0], export)
+    result = run_training(config, DS_CONFIG, Toy, items or Items(), loss_fn, lambda batch: batch.shape[0], export,
+                          make_loader=make_loader)
     return result, exported
 
 
@@ -141,6 +143,32 @@ def test_resume_with_two_loader_workers_repeats_the_uninterrupted_run_without_wo
     got, expected = metrics(tmp_path), metrics(tmp_path / "reference")
     assert [r["loss"] for r in got] == reference.losses  # bit-identical, steps 1-6
     assert [r["bad_items"] for r in got] == [r["bad_items"] for r in expected]
+
+
+def mixed_loader(videos=None, images=None):
+    """The engine's loader factory for joint image-video training over two toy datasets."""
+    def make(batch_size, seed, rank, world_size, num_workers):
+        return MixedBatchLoader(videos or Items(corrupt=(5,)), images or Items(size=8), 0.5, batch_size, seed, rank,
+                                world_size, num_workers)
+    return make
+
+
+def test_a_mixed_image_video_loader_trains_and_resumes_exactly_with_workers(tmp_path, own_signal_handlers):
+    reference, _ = train(tmp_path / "reference", steps=6, make_loader=mixed_loader(), num_workers=0)
+    plain, _ = train(tmp_path / "plain", steps=6, items=Items(corrupt=(5,)), num_workers=0)
+    assert reference.losses != plain.losses  # the factory's batches were trained, not the dataset's
+    calls = []
+
+    def signal_in_step_three():
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first, _ = train(tmp_path, steps=6, make_loader=mixed_loader(), on_loss=signal_in_step_three, num_workers=2)
+    assert first.status == "interrupted" and first.step == 3
+    second, _ = train(tmp_path, steps=6, make_loader=mixed_loader(), num_workers=2)
+    assert [r["loss"] for r in metrics(tmp_path)] == reference.losses  # bit-identical, steps 1-6
+    assert second.bad_items == reference.bad_items  # counted over the loader's dataset (videos + images)
 
 
 def test_a_crashed_run_truncates_metrics_and_resumes_from_the_last_checkpoint(tmp_path):

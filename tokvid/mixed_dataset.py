@@ -150,16 +150,20 @@ class MixedBatchLoader:
     """ResumableLoader's interface over whole batches of videos or of images (module docstring).
 
     Batch k is an image batch when default_rng([seed, k]).random() < image_ratio, independent of the
-    rank; videos and images each keep their own ResumableLoader order (images with seed + 1).
-    `dataset` is ConcatDataset(videos, images): bad_items are keyed by its indices."""
+    rank; videos and images each keep their own ResumableLoader order (images with seed + 1), each with
+    num_workers processes (ResumableLoader's meaning). `dataset` is ConcatDataset(videos, images): bad_items
+    are keyed by its indices."""
 
     def __init__(self, videos: ItemDataset, images: ItemDataset, image_ratio: float, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, num_workers: int | None = 0):
         image_slot_count(len(videos), len(images), image_ratio)  # checks the ratio against the data
         self.image_ratio, self.batch_size, self.seed, self.batches = float(image_ratio), batch_size, seed, 0
         self.dataset = ConcatDataset(videos, images)
-        self.videos = ResumableLoader(videos, batch_size, seed, rank, world_size) if image_ratio < 1 else None
-        self.images = ResumableLoader(images, batch_size, seed + 1, rank, world_size) if image_ratio > 0 else None
+        self.videos = self.images = None
+        if image_ratio < 1:
+            self.videos = ResumableLoader(videos, batch_size, seed, rank, world_size, num_workers)
+        if image_ratio > 0:
+            self.images = ResumableLoader(images, batch_size, seed + 1, rank, world_size, num_workers)
 
     def batch_is_images(self, number: int) -> bool:
         return bool(np.random.default_rng([self.seed, number]).random() < self.image_ratio)

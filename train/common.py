@@ -19,13 +19,14 @@ from tokvid.training.engine import TrainingConfig, TrainingResult, TrainingStopp
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[1] / "ds_config.json"
 
 
-def training_parser(description: str, num_frames: int, retired: dict[str, str] | None = None) -> argparse.ArgumentParser:
+def training_parser(description: str, num_frames: int, presets: list[str],
+                    retired: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """A parser with the engine's flags (TrainingConfig), the launcher's and DeepSpeed's; num_frames is the
-    script's default clip length."""
+    script's default clip length, presets the model sizes it offers."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # appended by the launcher
     add_config_flags(parser.add_argument_group("training"), TrainingConfig)
-    parser.add_argument("--preset", default="small", choices=("tiny", "small", "base"), help="model size")
+    parser.add_argument("--preset", default="small", choices=presets, help="model size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per rank")
     parser.add_argument("--num-frames", type=int, default=num_frames, help="frames per training clip (1 + k*tc)")
     add_retired_flags(parser, retired or {})

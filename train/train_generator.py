@@ -12,13 +12,15 @@ import sys
 
 from common import run_training_script, training_parser
 
+from tokvid.models.generator import GENERATOR_PRESETS
 from tokvid.training.trainers import train_token_generator
 
 RETIRED = {"--digit-mixture": "the digit-mixture head lost to the one-product digit head; see docs/design-notes.md"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = training_parser(__doc__.split("\n\n")[0], num_frames=17, retired=RETIRED)
+    parser = training_parser(__doc__.split("\n\n")[0], num_frames=17, presets=list(GENERATOR_PRESETS),
+                             retired=RETIRED)
     parser.add_argument("--data", required=True, help="token shard directory (tokvid-encode output)")
     parser.add_argument("--text-tokenizer", default=None, help="text tokenizer directory to use instead of training one")
     parser.add_argument("--video-tokenizer", default=None,
@@ -32,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--token-patch", type=int, default=1,
                         help="tokens per side of the patch one transformer position holds (2: 2x2 tokens, about "
                              "4x fewer positions and a cheaper step; must divide the token grid)")
+    parser.add_argument("--image-ratio", type=float, default=None,
+                        help="share of steps that train on a batch of still images (one-chunk items) instead of "
+                             "videos, 0..1 (default: every item once per epoch, in mixed batches)")
     parser.add_argument("--init-from", default=None,
                         help="generator or pipeline directory to start from (fine-tuning; same configuration)")
     return parser.parse_args(argv)
@@ -44,7 +49,7 @@ def main(argv=None) -> int:
         text_tokenizer=args.text_tokenizer, video_tokenizer=args.video_tokenizer,
         text_vocab_size=args.text_vocab_size, text_length=args.text_length, window_chunks=args.window_chunks,
         digit_head=None if args.head is None else args.head == "digits",
-        token_patch=args.token_patch, init_from=args.init_from),
+        token_patch=args.token_patch, init_from=args.init_from, image_ratio=args.image_ratio),
         throughput_unit="tokens")
 
 

@@ -12,6 +12,7 @@ import sys
 
 from common import run_training_script, training_parser
 
+from tokvid.models.video_tokenizer import VIDEO_TOKENIZER_PRESETS
 from tokvid.training.trainers import train_video_tokenizer
 
 # 9 frames: every video of `tokvid-data shapes` (segments of 8 frames + the leading one) holds a clip
@@ -19,7 +20,8 @@ RETIRED = {"--local-codes": "local codes (a 1x1 encoder) lost on shapes-v1; see 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = training_parser(__doc__.split("\n\n")[0], num_frames=9, retired=RETIRED)
+    parser = training_parser(__doc__.split("\n\n")[0], num_frames=9, presets=list(VIDEO_TOKENIZER_PRESETS),
+                             retired=RETIRED)
     parser.add_argument("--manifest", required=True, help="JSONL/CSV manifest of videos and images")
     parser.add_argument("--size", type=int, default=64, help="square frame size of training clips")
     parser.add_argument("--fps", type=float, default=None, help="resample videos to this frame rate")

@@ -146,18 +146,19 @@ def check_token_patch(token_patch: int, chunk_height: int, chunk_width: int, nam
                          "chunk; choose a divisor of both, or 1")
 
 
-_PRESETS = {
+GENERATOR_PRESETS = {
     "tiny": dict(dim=128, depth=4, heads=4),
     "small": dict(dim=192, depth=6, heads=6),
+    "medium": dict(dim=256, depth=6, heads=8),  # the scenes bundle: two objects need more width
     "base": dict(dim=512, depth=12, heads=8),
 }
 
 
 def generator_config_preset(name: str, **overrides) -> GeneratorConfig:
-    """A GeneratorConfig of size `name` ("tiny", "small", "base"); `overrides` must include
+    """A GeneratorConfig of size `name` (a key of GENERATOR_PRESETS); `overrides` must include
     codebook_size and text_vocab_size."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown generator preset {name!r}; choose one of {sorted(_PRESETS)}")
+    if name not in GENERATOR_PRESETS:
+        raise ValueError(f"unknown generator preset {name!r}; choose one of {sorted(GENERATOR_PRESETS)}")
     missing = [key for key in ("codebook_size", "text_vocab_size") if key not in overrides]
     if missing:
         raise ValueError(f"generator_config_preset needs {missing}: the video tokenizer's vocab_size and "
@@ -165,7 +166,7 @@ def generator_config_preset(name: str, **overrides) -> GeneratorConfig:
     unknown = set(overrides) - {field.name for field in dataclasses.fields(GeneratorConfig)}
     if unknown:
         raise ValueError(f"unknown GeneratorConfig fields {sorted(unknown)}")
-    return GeneratorConfig(**{**_PRESETS[name], **overrides})
+    return GeneratorConfig(**{**GENERATOR_PRESETS[name], **overrides})
 
 
 # ---------------------------------------------------------------------------------------------

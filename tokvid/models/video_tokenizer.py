@@ -128,16 +128,18 @@ def frame_levels(spatial_compression: int, stem_patch: int, name: str = "spatial
     return 1 + int(math.log2(ratio))
 
 
+VIDEO_TOKENIZER_PRESETS = {
+    "tiny": dict(frame_channels=(8, 16), latent_channels=16, latent_blocks=1, fsq_levels=(5, 5, 5)),
+    "small": dict(frame_channels=(32, 64), latent_channels=128, latent_blocks=2),
+    "base": dict(),
+}
+
+
 def video_tokenizer_preset(name: str, **overrides) -> VideoTokenizerConfig:
     """Named sizes: 'tiny' for tests, 'small' and 'base' for real training."""
-    presets = {
-        "tiny": dict(frame_channels=(8, 16), latent_channels=16, latent_blocks=1, fsq_levels=(5, 5, 5)),
-        "small": dict(frame_channels=(32, 64), latent_channels=128, latent_blocks=2),
-        "base": dict(),
-    }
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
-    return VideoTokenizerConfig(**{**presets[name], **overrides})
+    if name not in VIDEO_TOKENIZER_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(VIDEO_TOKENIZER_PRESETS)}")
+    return VideoTokenizerConfig(**{**VIDEO_TOKENIZER_PRESETS[name], **overrides})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ DEEPSPEED_TAG = "deepspeed"
 METRICS_FILE = "metrics.jsonl"
 
 LossFunction = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+# (micro_batch, seed, rank, world_size, num_workers) -> a loader with ResumableLoader's interface
+LoaderFactory = Callable[[int, int, int, int, "int | None"], Any]
 
 
 class TrainingStopped(RuntimeError):
@@ -259,23 +261,28 @@ class MetricsLog:
 def run_training(config: TrainingConfig, ds_config: dict, build_model: Callable[[], nn.Module],
                  dataset: ItemDataset, loss_fn: LossFunction, count_units: Callable[[Any], int],
                  export_fn: Callable[[nn.Module, Path], None] | None = None,
-                 run_info: dict | None = None) -> TrainingResult:
+                 run_info: dict | None = None, make_loader: LoaderFactory | None = None) -> TrainingResult:
     """Train `build_model()` with DeepSpeed on `dataset` until config.max_steps; export at the end.
 
     build_model is called on every rank after the process group exists, under the same seed.
     loss_fn(model, batch, generator) -> (loss, logs) must draw all randomness from `generator`.
     count_units(batch) gives the throughput unit per batch (video tokens or frames).
     export_fn(model, directory) writes the consolidated fp32 model (rank 0 only).
+    make_loader builds the batches' loader instead of ResumableLoader(dataset, ...) (e.g. MixedBatchLoader);
+    its `dataset` then names and counts the items.
     """
-    trainer = _Trainer(config, ds_config, build_model, dataset, loss_fn, count_units, export_fn, run_info or {})
+    if make_loader is None:
+        def make_loader(batch_size, seed, rank, world_size, num_workers):
+            return ResumableLoader(dataset, batch_size, seed, rank, world_size, num_workers=num_workers)
+    trainer = _Trainer(config, ds_config, build_model, make_loader, loss_fn, count_units, export_fn, run_info or {})
     return trainer.run()
 
 
 class _Trainer:
-    def __init__(self, config, ds_config, build_model, dataset, loss_fn, count_units, export_fn, run_info):
+    def __init__(self, config, ds_config, build_model, make_loader, loss_fn, count_units, export_fn, run_info):
         import deepspeed
 
-        self.config, self.dataset, self.count_units = config, dataset, count_units
+        self.config, self.count_units = config, count_units
         self.build_model, self.export_fn, self.run_info = build_model, export_fn, run_info
         self.rank, self.world_size = setup_distributed()
         self.run_dir = Path(config.out_dir)
@@ -309,8 +316,8 @@ class _Trainer:
                 deepspeed.zero.register_external_parameter(self.module, parameter)
         self.device = self.engine.device
         self.float_dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
-        self.loader = ResumableLoader(dataset, config.micro_batch, config.seed, self.rank, self.world_size,
-                                      num_workers=config.num_workers)
+        self.loader = make_loader(config.micro_batch, config.seed, self.rank, self.world_size, config.num_workers)
+        self.dataset = self.loader.dataset
         self.step, self.skipped_total, self.consecutive_skips = 0, 0, 0
         self.stop = StopRequest(self.rank)
         self.bad_reports, self.bad_names = 0, {}  # bad items reported by all ranks, and their merged names

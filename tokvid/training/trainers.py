@@ -119,7 +119,7 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
                           video_tokenizer: str | Path | None = None, text_vocab_size: int = 256,
                           text_length: int = 16, window_chunks: int = 4,
                           digit_head: bool | None = None, token_patch: int = 1,
-                          init_from: str | Path | None = None) -> TrainingResult:
+                          init_from: str | Path | None = None, image_ratio: float | None = None) -> TrainingResult:
     """Train a Generator on token shards; exports a pipeline directory (generator, both tokenizers).
 
     digit_head predicts an FSQ code's digits independently instead of one softmax over codes
@@ -131,6 +131,10 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
 
     Without `text_tokenizer`, one is trained on the shards' prompts into RUN/text_tokenizer.
     `video_tokenizer` (default: the name recorded in the shards) goes into the exported pipeline.
+
+    image_ratio (joint image-video training, Phenaki-style): the share of steps that train on a batch of
+    images (one-chunk items) instead of videos, each kind in its own order (MixedBatchLoader); None: every
+    item once per epoch, images and videos in mixed batches.
     """
     from tokvid.datasets import TokenChunkDataset, chunk_token_count
     from tokvid.models.generator import Generator
@@ -149,6 +153,7 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     model_config = _generator_config(preset, video_model, tokenizer_name, text_model, shards.info["grid"],
                                      window_chunks, digit_head, token_patch)
     dataset = TokenChunkDataset(shards, text_model, max_chunks)
+    make_loader = None if image_ratio is None else _mixed_loader_factory(shards, text_model, max_chunks, image_ratio)
     start_weights = None if start is None else _checked_start_weights(
         start, init_from, model_config, "generator", "the preset, --window-chunks, --head, --token-patch and tokenizers")
     code_counts = torch.from_numpy(shards.code_counts(video_model.vocab_size))  # what sampling may draw
@@ -169,7 +174,21 @@ def train_token_generator(config: TrainingConfig, ds_config: dict, shards_dir: s
     return run_training(config, ds_config, build_model, dataset, loss, chunk_token_count,
                         export, run_info={"model_config": asdict(model_config), "shards": str(shards_dir),
                                           "init_from": None if init_from is None else str(init_from),
-                                          "text_tokenizer": str(text_dir), "video_tokenizer": str(tokenizer_name)})
+                                          "text_tokenizer": str(text_dir), "video_tokenizer": str(tokenizer_name),
+                                          "image_ratio": image_ratio},
+                        make_loader=make_loader)
+
+
+def _mixed_loader_factory(shards, text_model, max_chunks: int, image_ratio: float):
+    """A LoaderFactory of MixedBatchLoaders over the videos and images of `shards`, checked now."""
+    from tokvid.mixed_dataset import MixedBatchLoader, image_slot_count, token_parts
+
+    videos, images = token_parts(shards, text_model, max_chunks)
+    image_slot_count(len(videos), len(images), image_ratio)
+
+    def make_loader(batch_size: int, seed: int, rank: int, world_size: int, num_workers: int | None):
+        return MixedBatchLoader(videos, images, image_ratio, batch_size, seed, rank, world_size, num_workers)
+    return make_loader
 
 
 def _generator_config(preset: str, video_model, video_name: str, text_model, grid, window_chunks: int,
