@@ -309,3 +309,39 @@ def test_cli_warns_in_one_line_and_strict_exits_2(tiny_pipeline_dir, tmp_path):
     strict = run_tokvid(*common, "--strict")
     assert strict.returncode == 2 and strict.stderr.startswith("tokvid: error: this model never saw 'purple'")
     assert strict.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def scenes_pipeline_dir(tiny_pipeline_dir, tmp_path_factory):
+    """The tiny pipeline, saved as a model that requires shapes-v2 captions."""
+    pipe = TokVidPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.caption_grammar = "scenes"
+    directory = tmp_path_factory.mktemp("scenes") / "pipe"
+    pipe.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("story, message", [
+    ([("a red circle moves right and a blue square stays still and a green triangle moves up", 4)], "names 3 objects"),
+    ([("a purple circle moves right", 4)], "unknown colour 'purple'"),
+    ([("a red circle moves right and a red square moves left", 4)], "two red objects"),
+    ([("a red circle moves right and a blue square moves up", 4), ("a red circle moves left", 4)], "segment 1 names"),
+])
+def test_a_scenes_model_refuses_captions_outside_its_grammar(scenes_pipeline_dir, story, message):
+    pipe = TokVidPipeline.from_pretrained(scenes_pipeline_dir)
+    assert pipe.caption_grammar == "scenes"  # saved and loaded with the pipeline
+    with pytest.raises(ValueError, match=f"this model draws shapes-v2 scenes.*{message}"):
+        pipe.story(story, seed=0)
+    video = pipe.story([("a red circle moves right and a blue square stays still", 4)], seed=0)
+    assert video.frames.shape[0] == 5
+    with pytest.raises(ValueError, match="unknown caption grammar"):
+        TokVidPipeline(pipe.generator, pipe.text_tokenizer, pipe.video_tokenizer, caption_grammar="shapes-v3")
+
+
+def test_cli_refuses_a_third_object_for_a_scenes_model_in_one_line(scenes_pipeline_dir, tmp_path):
+    result = run_tokvid("generate", "--prompt", "a red circle moves right and a blue square stays still and a "
+                        "cyan triangle moves up", "--num-frames", "5", "--model", str(scenes_pipeline_dir),
+                        "--out", str(tmp_path / "three.mp4"))
+    assert result.returncode == 2 and result.stderr.startswith("tokvid: error: this model draws shapes-v2 scenes")
+    assert "names 3 objects" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "three.mp4").exists()

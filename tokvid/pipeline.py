@@ -1,7 +1,7 @@
 """Text (or a story of prompts) -> video: text tokenizer + block-causal generator + video tokenizer.
 
-A pipeline directory holds `pipeline.json` (format tag, fps, and the sampling options it sets,
-overriding SamplingConfig's defaults) and the three parts in `generator/`, `text_tokenizer/` and
+A pipeline directory holds `pipeline.json` (format tag, fps, the sampling options it sets, overriding
+SamplingConfig's defaults, and optionally the caption grammar its prompts must follow) and the three parts in `generator/`, `text_tokenizer/` and
 `video_tokenizer/`, each loadable on its own.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ PIPELINE_FILE = "pipeline.json"
 FORMAT = ArtefactFormat(tag="tokvid-pipeline-v1", what="tokvid pipeline",
                         # sampling options measured and removed (docs/design-notes.md), at the one value kept
                         retired_fields={"order": "confidence", "later_chunk_candidates": 1})
-BUNDLED_PIPELINES = {"shapes": BUNDLED_DIR / "shapes"}
+BUNDLED_PIPELINES = {"shapes": BUNDLED_DIR / "shapes", "scenes": BUNDLED_DIR / "scenes"}
+CAPTION_GRAMMARS = ("scenes",)  # a model trained on one world's captions can require them (docs/scenes.md)
 DEFAULT_PIPELINE = "shapes"
 DECODE_CHUNK_LATENTS = 16  # bounds decoder memory on long videos; outputs equal whole-clip decoding
 
@@ -43,7 +44,7 @@ class TokVidPipeline:
     """`pipe(prompt, num_frames=17, seed=0)` or `pipe.story([(prompt, frames), ...], seed=0)` -> VideoOutput."""
 
     def __init__(self, generator: Generator, text_tokenizer: TextTokenizer, video_tokenizer: VideoTokenizer,
-                 fps: float = 8.0, sampling: SamplingConfig | None = None):
+                 fps: float = 8.0, sampling: SamplingConfig | None = None, caption_grammar: str | None = None):
         if generator.config.codebook_size != video_tokenizer.vocab_size:
             raise ValueError(f"generator predicts {generator.config.codebook_size} codes but the video tokenizer has "
                              f"{video_tokenizer.vocab_size}; pair the generator with the tokenizer it was trained on")
@@ -54,6 +55,9 @@ class TokVidPipeline:
         self.video_tokenizer = video_tokenizer.eval()
         self.fps = float(fps)
         self.sampling = sampling or SamplingConfig()  # what a call samples with unless told otherwise
+        if caption_grammar not in (None, *CAPTION_GRAMMARS):
+            raise ValueError(f"unknown caption grammar {caption_grammar!r}; use one of {CAPTION_GRAMMARS} or none")
+        self.caption_grammar = caption_grammar  # prompts that break it are refused: the model cannot draw them
 
     # -- loading and saving
     @classmethod
@@ -66,10 +70,12 @@ class TokVidPipeline:
         generator = Generator.from_pretrained(directory / "generator").to(device)
         text_tokenizer = TextTokenizer.from_pretrained(directory / "text_tokenizer")
         video_tokenizer = VideoTokenizer.from_pretrained(directory / "video_tokenizer", device=device)
-        return cls(generator, text_tokenizer, video_tokenizer, fps=settings.get("fps", 8.0), sampling=sampling)
+        return cls(generator, text_tokenizer, video_tokenizer, fps=settings.get("fps", 8.0), sampling=sampling,
+                   caption_grammar=settings.get("caption_grammar"))
 
     def save_pretrained(self, directory: str | Path) -> None:
-        save_pipeline(directory, self.generator, self.text_tokenizer, self.video_tokenizer, self.fps, self.sampling)
+        save_pipeline(directory, self.generator, self.text_tokenizer, self.video_tokenizer, self.fps, self.sampling,
+                      self.caption_grammar)
 
     # -- generation
     def __call__(self, prompt: str, num_frames: int = 17, seed: int = 0, **options) -> VideoOutput:
@@ -88,6 +94,16 @@ class TokVidPipeline:
         segments = validate_segments(segments)
         return self._generate(segments, total_frames=1 + sum(f for _, f in segments), seed=seed, **options)
 
+    def check_story(self, segments: list[tuple[str, int]]) -> None:
+        """A ValueError when the story breaks the pipeline's caption grammar (if it has one)."""
+        if self.caption_grammar == "scenes":
+            from .scenes import check_scene_story
+
+            try:
+                check_scene_story(segments, unit=1)
+            except ValueError as error:
+                raise ValueError(f"this model draws shapes-v2 scenes (docs/scenes.md): {error}") from None
+
     def check_prompts(self, prompts: list[str], strict: bool = False) -> None:
         """Warn (PromptWarning), or with strict raise ValueError, about what of the prompts the model cannot read."""
         problems = [problem for prompt in dict.fromkeys(prompts) for problem in self.text_tokenizer.prompt_problems(prompt)]
@@ -101,6 +117,7 @@ class TokVidPipeline:
                   strict: bool = False, **overrides) -> VideoOutput:
         """segments: an already validated story (the public entry points validate it)."""
         settings = with_options(self.sampling, overrides)
+        self.check_story(segments)
         self.check_prompts([p for p, _ in segments] + ([negative_prompt] if negative_prompt else []), strict)
         tc = self.video_tokenizer.temporal_compression
         device = next(self.generator.parameters()).device
@@ -145,7 +162,8 @@ def resolve_pipeline_dir(name_or_dir: str | Path | None) -> Path:
     if name in BUNDLED_PIPELINES:
         directory = BUNDLED_PIPELINES[name]
         if not (directory / PIPELINE_FILE).exists():
-            raise ValueError(f"bundled model {name!r} is not in this installation ({directory}); reinstall tokvid")
+            raise ValueError(f"bundled model {name!r} is not in this installation ({directory}); reinstall tokvid "
+                             f"(or train it: train/recipe_{name}.py --install)")
         return directory
     directory = Path(name)
     if not (directory / PIPELINE_FILE).is_file():
@@ -155,7 +173,8 @@ def resolve_pipeline_dir(name_or_dir: str | Path | None) -> Path:
 
 
 def save_pipeline(directory: str | Path, generator: Generator, text_tokenizer: TextTokenizer,
-                  video_tokenizer: VideoTokenizer, fps: float = 8.0, sampling: SamplingConfig | None = None) -> None:
+                  video_tokenizer: VideoTokenizer, fps: float = 8.0, sampling: SamplingConfig | None = None,
+                  caption_grammar: str | None = None) -> None:
     """Write a pipeline directory that TokVidPipeline.from_pretrained loads; its pipeline.json states every
     sampling option, so a later change of a default leaves the pipeline's behaviour as it was."""
     directory = Path(directory)
@@ -163,5 +182,7 @@ def save_pipeline(directory: str | Path, generator: Generator, text_tokenizer: T
     generator.save_pretrained(directory / "generator")
     text_tokenizer.save_pretrained(directory / "text_tokenizer")
     video_tokenizer.save_pretrained(directory / "video_tokenizer")
-    write_config_json(directory, FORMAT, {"fps": float(fps), "defaults": asdict(sampling or SamplingConfig())},
-                      PIPELINE_FILE)
+    settings = {"fps": float(fps), "defaults": asdict(sampling or SamplingConfig())}
+    if caption_grammar is not None:
+        settings["caption_grammar"] = caption_grammar
+    write_config_json(directory, FORMAT, settings, PIPELINE_FILE)

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     final = generator_stages(args, out, text, video_tokenizer, shards)
     if args.install:
         target = REPO / "tokvid" / "weights" / "scenes"
-        install(final / "export", video_tokenizer, target)
+        install(final / "export", video_tokenizer, target, caption_grammar="scenes")
         print(f"installed the pipeline into {target}")
     return 0
 

@@ -113,9 +113,10 @@ def launcher(args, script: str, ranks: int, seed: int) -> list[str]:
     return ["deepspeed", "--num_gpus", str(ranks), str(REPO / "train" / script), *options]
 
 
-def install(exported: Path, video_tokenizer: Path, target: Path) -> None:
+def install(exported: Path, video_tokenizer: Path, target: Path, caption_grammar: str | None = None) -> None:
     """Save the exported pipeline (which states SamplingConfig's defaults, chosen on this bundle: see
-    docs/design-notes.md) into `target` with the run's current video tokenizer: a decoder stage re-run after the generator (more --decoder-steps) makes the same
+    docs/design-notes.md) into `target` with the run's current video tokenizer and the caption grammar its
+    prompts must follow (TokVidPipeline.caption_grammar): a decoder stage re-run after the generator (more --decoder-steps) makes the same
     codes, so the generator stays valid and only the pictures change."""
     from tokvid.pipeline import TokVidPipeline
     from tokvid.models.video_tokenizer import VideoTokenizer
@@ -126,6 +127,7 @@ def install(exported: Path, video_tokenizer: Path, target: Path) -> None:
         raise SystemExit(f"{video_tokenizer} makes other codes than the generator's tokenizer in {exported}; "
                          "delete the generator stages of this run and re-run the recipe")
     pipeline.video_tokenizer = decoder.eval()
+    pipeline.caption_grammar = caption_grammar
     shutil.rmtree(target, ignore_errors=True)  # only now: a refused install leaves the old bundle in place
     pipeline.save_pretrained(target)
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tokvid.persistence import ArtefactFormat, load_config, load_weights, save_model
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
-BUNDLED_TOKENIZERS = {"general": "general", "shapes": "shapes/video_tokenizer"}
+BUNDLED_TOKENIZERS = {"general": "general", "shapes": "shapes/video_tokenizer", "scenes": "scenes/video_tokenizer"}
 QUANTIZERS = ("fsq", "lfq", "vq")
 FORMAT = ArtefactFormat(
     tag="tokvid-video-tokenizer-v1", what="video tokenizer",
