@@ -398,7 +398,8 @@ def measure_access(args, phase, dirs: dict) -> dict:
           "random_items_per_s": statistics.median(random),
           "random_over_sequential": statistics.median(random) / statistics.median(sequential),
           "pairs": len(sequential), "epoch_sequential_items_per_s": epoch["sequential"],
-          "epoch_random_items_per_s": epoch["random"], "epoch_random_over_sequential": epoch["random"] / epoch["sequential"],
+          "epoch_random_items_per_s": epoch["random"],
+          "epoch_random_over_sequential": epoch["random"] / epoch["sequential"],
           "random_equals_sequential": all(run["random_equals_sequential"] for run in runs)}
     warm_page_cache(dirs["v1"])
     v1 = phase("baseline_access", {"dir": str(dirs["v1"]), "accesses": args.accesses,
@@ -482,9 +483,10 @@ def report(results: dict, args) -> None:
                        ["measure", "ours", "baseline", "ratio", "target"], rows)
     print(f"\nv2 random equals sequential: {access['v2']['random_equals_sequential']}; window frames equal whole-file "
           f"frames: {window['same_frames']}; 2-process encoding equals 1-process item for item: {encode['same_items']}")
-    print(f"v2 items/s with every shard open (medians): in order {access['v2']['sequential_items_per_s']:,.0f}, "
-          f"random {access['v2']['random_items_per_s']:,.0f}; an epoch: in order "
-          f"{access['v2']['epoch_sequential_items_per_s']:,.0f}, permutation {access['v2']['epoch_random_items_per_s']:,.0f}")
+    v2 = access["v2"]
+    print(f"v2 items/s with every shard open (medians): in order {v2['sequential_items_per_s']:,.0f}, random "
+          f"{v2['random_items_per_s']:,.0f}; an epoch: in order {v2['epoch_sequential_items_per_s']:,.0f}, "
+          f"permutation {v2['epoch_random_items_per_s']:,.0f}")
     print("encode rounds, steady videos/s (share of their cores the ranks had): " + "; ".join(
         f"{n} process{'es' * (n > 1)} " + ", ".join(f"{run['videos_per_s'] or 0:.1f} ({run['cpu_share']:.2f})"
                                                    for run in encode[n]["rounds"]) for n in (1, 2)))
