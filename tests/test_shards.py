@@ -52,6 +52,47 @@ def test_opening_reads_no_item_and_items_open_their_shard_only(tmp_path):
     assert list(shards.store.open_shards) == [2]
 
 
+@pytest.fixture
+def restored_open_files_limit():
+    import resource
+
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    yield limits
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def test_a_low_open_files_limit_is_raised_so_random_access_keeps_every_shard_open(tmp_path,
+                                                                                  restored_open_files_limit):
+    import resource
+
+    _, hard = restored_open_files_limit
+    if hard != resource.RLIM_INFINITY and hard < 8 * 40:
+        pytest.skip(f"the hard limit on open files ({hard}) is below what 40 shards need")
+    items = make_items(40)
+    write_v2(tmp_path / "s", items, items_per_shard=1)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # room for 16 shards at a quarter of the limit
+    shards = TokenShards(tmp_path / "s")
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 8 * 40 and shards.store.max_open >= 40
+    for i in np.random.default_rng(0).permutation(40):
+        assert torch.equal(shards[int(i)][0], torch.from_numpy(items[i][0]))
+    assert len(shards.store.open_shards) == 40  # none closed and reopened
+
+
+def test_when_the_limit_cannot_be_raised_shards_are_reopened_with_a_warning(tmp_path, monkeypatch, caplog):
+    import tokvid.shards as shards_module
+
+    items = make_items(20)
+    write_v2(tmp_path / "s", items, items_per_shard=1)
+    monkeypatch.setattr(shards_module.resource, "getrlimit", lambda kind: (64, 64))  # soft = hard: no raise
+    with caplog.at_level("WARNING", logger="tokvid.shards"):
+        shards = TokenShards(tmp_path / "s")
+    assert shards.store.max_open == 8 and "only 8 of 20 token shards can be open" in caplog.text
+    assert "ulimit -n 160" in caplog.text
+    for i in np.random.default_rng(0).permutation(20):
+        assert torch.equal(shards[int(i)][0], torch.from_numpy(items[i][0]))
+    assert len(shards.store.open_shards) == 8
+
+
 def test_v1_directories_still_read_and_convert(tmp_path):
     items = make_items(10, seed=3)
     write_v1_shards(tmp_path / "v1", INFO, iter(items), items_per_shard=3, fps=8.0)

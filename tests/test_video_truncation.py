@@ -103,3 +103,37 @@ def test_byte_framing_tells_cut_from_unknown(tmp_path):
     assert truncation_in_bytes(gif) is None and data[-1] == 0x3B
     gif.write_bytes(data[:-1])  # only the trailer is missing: every image is whole
     assert truncation_in_bytes(gif).whole_frames == 3
+
+
+def _partial_read(path, **window) -> tuple:
+    """What read_video makes of a file: its frames and warnings, or its error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            frames = read_video(path, allow_partial=True, **window)
+        except ValueError as error:
+            return None, str(error)
+    return frames, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_frames_do_not_depend_on_the_decoder_threads(samples, container, monkeypatch):
+    """Encoding ranks and loader workers decode with their own thread budget (1 each): whole, cut and
+    windowed reads must give what decoding with a thread per core gives."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert video_decode.decode_threads() == 3  # the budget is torch's, as --threads and workers set it
+    finally:
+        torch.set_num_threads(before)
+    reads = {}
+    for threads in (1, 4):
+        monkeypatch.setattr(video_decode, "decode_threads", lambda: threads)
+        reads[threads] = [_partial_read(samples[container, key], **window)
+                          for key in (9, "cut50", "cut70", "cut90", "cut99")
+                          for window in ({}, {"start_frame": 2, "num_frames": 3})]
+    for one, many in zip(reads[1], reads[4]):
+        assert one[1] == many[1]
+        assert (one[0] is None and many[0] is None) or np.array_equal(one[0], many[0])

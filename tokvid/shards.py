@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import io
 import json
+import logging
 import mmap
 import os
 import resource
@@ -40,6 +41,8 @@ from .fastjson import loads as _loads
 SHARD_FORMAT = "tokvid-shards-v2"
 SHARD_SUFFIXES = (".codes.npy", ".index.npy", ".meta.jsonl")
 INDEX_COLUMNS = 6  # code offset, code length, grid height, grid width, meta offset, meta length
+
+logger = logging.getLogger(__name__)
 
 
 def tokenizer_info(tokenizer, name: str) -> dict:
@@ -236,6 +239,28 @@ def _index_problems(index: np.ndarray, rows: int, grid: list) -> list[str]:
     return []
 
 
+def open_shard_budget(shards: int) -> int:
+    """How many shards may be open at once. Each holds two memory maps, and each map a file descriptor;
+    shards take at most a quarter of the process's limit on open files. A soft limit too low for every
+    shard (1024, a common default, allows 128) is raised as far as they need, up to the hard limit:
+    random access over more shards than are open reopens one per item, ~40x slower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8 * shards
+    if soft != resource.RLIM_INFINITY and soft < wanted and hard != soft:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    budget = max(8, soft // 8) if soft != resource.RLIM_INFINITY else shards
+    if budget < shards:
+        logger.warning("only %d of %d token shards can be open at once (open files limit %d): random access will "
+                       "reopen shards; raise the limit (ulimit -n %d) or write fewer, larger shards", budget, shards,
+                       soft, wanted)
+    return budget
+
+
 class _V2Store:
     """Item access over the shards of a v2 directory; keeps a bounded number of shards open."""
 
@@ -262,8 +287,7 @@ class _V2Store:
         self.uniform = self.items[0] if self.items and len(set(self.items[:-1])) <= 1 and \
             self.items[-1] <= self.items[0] else 0
         self.open_shards: OrderedDict[int, _OpenShard] = OrderedDict()
-        # each open shard holds two memory maps, and each map a file descriptor
-        self.max_open = max(8, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
+        self.max_open = open_shard_budget(len(names))
 
     def __len__(self) -> int:
         return self.starts[-1]

@@ -17,7 +17,9 @@ read_video (video_io.py) calls read_container. Three things happen here:
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,6 +40,23 @@ TIME_SLACK = 1e-3
 TimedFrame = tuple[float, Callable[[], np.ndarray]]
 # Formats without a seek index worth using: decoding from the start is as fast.
 UNSEEKABLE_FORMATS = ("gif",)
+
+
+def decode_threads() -> int:
+    """Threads FFmpeg decodes a video with: the process's thread budget (torch's when it is loaded, which
+    --threads, OMP_NUM_THREADS and loader workers set; else OMP_NUM_THREADS; else 0, FFmpeg's choice of
+    one per core). N encoding ranks or loader workers of 1 thread each then do not start a decoder
+    thread per core each; decoded frames are the same whatever the count."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return int(budget) if budget.isdigit() else 0
+
+
+def _threaded(stream) -> None:
+    stream.thread_type = "AUTO"
+    stream.thread_count = decode_threads()
 # Cached container facts: at most this many files and timestamps (8 bytes each) in all.
 INFO_CACHE_FILES = 1024
 INFO_CACHE_TIMESTAMPS = 4_000_000
@@ -280,7 +299,7 @@ def read_container(path: Path, start: int, count: int | None, fps: float | None,
 def _frames_from_start(info: ContainerInfo, ending: _Ending) -> Iterator[TimedFrame]:
     with av.open(str(info.path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        _threaded(stream)
         for _, frame in _decode(container, stream, ending):
             if ending.decoded == info.whole_frames:
                 break  # FFmpeg decodes a GIF's cut last image too; it is not a frame of the file
@@ -293,20 +312,22 @@ def _frames_from_start(info: ContainerInfo, ending: _Ending) -> Iterator[TimedFr
 def _decode(container, stream, ending: _Ending) -> Iterator[tuple[int, av.VideoFrame]]:
     """(pts, frame) in presentation order. At undecodable data, or a packet the demuxer marks as
     damaged (a cut one), it notes why and stops, keeping the frames the decoder already holds
-    (with B-frames the last good ones are still buffered; frame threading would drop them)."""
+    (with B-frames the last good ones are still buffered; frame threading would drop them).
+    The damage and the end count only once those are all taken: a window found among them reads as
+    one found before the damage, as it does with fewer decoder threads (which hold fewer frames)."""
+    error = None
     try:
         for packet in container.demux(stream):
             if packet.is_corrupt:
-                ending.error = "a damaged packet"
+                error = "a damaged packet"
                 break
             for frame in packet.decode():
                 ending.end_seconds = _frame_end(frame, stream)
                 yield frame.pts, frame
         else:
             return
-    except (av.FFmpegError, OSError) as error:
-        ending.error = reason(error)
-    ending.reached_end = True
+    except (av.FFmpegError, OSError) as failure:
+        error = reason(failure)
     try:
         held = stream.codec_context.decode(None)
     except (av.FFmpegError, OSError):
@@ -314,6 +335,7 @@ def _decode(container, stream, ending: _Ending) -> Iterator[tuple[int, av.VideoF
     for frame in held:
         ending.end_seconds = _frame_end(frame, stream)
         yield frame.pts, frame
+    ending.error, ending.reached_end = error, True
 
 
 def _frame_end(frame: av.VideoFrame, stream) -> float | None:
@@ -341,7 +363,7 @@ def _read_by_seeking(info: ContainerInfo, start: int, count: int | None, fps: fl
     pixels: dict[int, np.ndarray] = {}
     with av.open(str(info.path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        _threaded(stream)
         frames = _seek_before(container, stream, info, first, ending)
         if frames is None:
             return None, ending
