@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from .config_flags import add_config_flags, add_retired_flags, config_flags_given
-from .sampling import SamplingConfig
+from .sampling_config import SamplingConfig  # torch-free: --help answers without torch
 
 LONG_GENERATION_SECONDS = 30  # a generation expected to take longer says so once, after two chunks
 RETIRED_SAMPLING_FLAGS = {
