@@ -72,8 +72,8 @@ def generate_parser() -> argparse.ArgumentParser:
                      help="stop (exit 2) on words the model never saw or a prompt longer than it reads, "
                           "instead of warning")
     gen.add_argument("--threads", type=positive_int, default=None,
-                     help="CPU threads (default: torch's, one per core; 1 is faster on a busy machine; "
-                          "OMP_NUM_THREADS sets the same)")
+                     help="CPU threads (default: OMP_NUM_THREADS if set, else one per idle core; more "
+                          "threads than idle cores are slow)")
     gen.add_argument("--no-sheet", action="store_true", help="do not write the contact-sheet PNG")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -93,12 +93,14 @@ def generate_main(argv=None) -> None:
         validate_segments([(args.prompt, max(args.num_frames - 1, 1))])  # also its upper limit
     story = load_story_file(args.story_file) if args.story_file else None
     options = config_flags_given(args, SamplingConfig)
+    from .cpu import default_threads
     from .pipeline import TokVidPipeline
 
-    if args.threads:
+    threads = args.threads or default_threads()
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
 
     pipe = TokVidPipeline.from_pretrained(args.model)
     if args.story is not None:
