@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -182,7 +183,8 @@ def test_mismatched_parts_are_refused(pipe):
 
 def run_tokvid(*args, cwd=None):
     code = "import sys; from tokvid.cli import tokvid_entry; sys.argv = ['tokvid'] + sys.argv[1:]; tokvid_entry()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as for most users
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path):
@@ -190,6 +192,7 @@ def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path
     result = run_tokvid("generate", "--prompt", "a red circle moves right", "--num-frames", "9", "--out", str(out),
                         "--model", str(tiny_pipeline_dir), "--quiet")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.count("wrote ") == 2, result.stdout  # printed to a pipe, then the quick exit (exit_now)
     from tokvid.video_io import read_video
     assert read_video(out).shape == (9, 64, 64, 3)
     assert (tmp_path / "v.png").stat().st_size > 0
