@@ -96,24 +96,33 @@ def maskgit_step(tokens: torch.Tensor, logits: torch.Tensor, mask_id: int, step:
     num_unknown = int(unknown[0].sum())
     if num_unknown == 0:
         return tokens
+    # Only masked positions are drawn and ranked (committed ones keep their tokens), so only their logits and
+    # noise are worked on; the noise is drawn for every position all the same, so each seed keeps its video.
+    rows = None if num_unknown == tokens.shape[1] else unknown
+    noise_shape = logits.shape
+    if rows is not None:
+        logits = logits[rows].view(tokens.shape[0], num_unknown, -1)
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     step_temperature = temperature * (steps - step) / steps
     if step_temperature > 0:
-        sampled = (logits / step_temperature + _gumbel(logits.shape, generator, logits.device)).argmax(dim=-1)
+        noise = _gumbel(noise_shape, generator, logits.device, rows).view(logits.shape)
+        drawn = (logits / step_temperature).add_(noise).argmax(dim=-1)
     else:
-        sampled = logits.argmax(dim=-1)
-    sampled = torch.where(unknown, sampled, tokens)
+        drawn = logits.argmax(dim=-1)
+    sampled = tokens.masked_scatter(unknown, drawn)
 
     progress = (step + 1) / steps
     num_remask = int(math.floor(tokens.shape[1] * math.cos(math.pi / 2 * progress)))
     num_remask = 0 if step == steps - 1 else max(1, min(num_unknown - 1, num_remask))
     if num_remask == 0:
         return sampled
-    confidence = logits.log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]
-    score = confidence + CHOICE_TEMPERATURE * (1 - progress) * _gumbel(confidence.shape, generator, logits.device)
-    score = score.masked_fill(~unknown, float("inf"))  # committed tokens are never re-masked
+    confidence = logits.log_softmax(dim=-1).gather(-1, drawn[..., None])[..., 0]
+    noise = _gumbel(tokens.shape, generator, logits.device, unknown).view(confidence.shape)
+    # committed tokens score +inf: they are never re-masked
+    score = torch.full(tokens.shape, float("inf"), device=tokens.device)
+    score = score.masked_scatter(unknown, confidence + CHOICE_TEMPERATURE * (1 - progress) * noise)
     remask = score.topk(num_remask, dim=-1, largest=False).indices
     return sampled.scatter(1, remask, mask_id)
 
@@ -172,8 +181,11 @@ def first_chunk_log_likelihood(model: Generator, tokens: torch.Tensor, text: tor
 # Helpers
 # ---------------------------------------------------------------------------------------------
 
-def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    noise = uniform(shape, generator, device).clamp_(1e-20, 1.0)
+def _gumbel(shape, generator: torch.Generator | None, device, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Gumbel noise of `shape`, or of its entries where the bool `rows` (a leading part of shape) holds
+    (flattened): all are drawn, so the random stream moves on the same, but only those are transformed."""
+    noise = uniform(shape, generator, device)
+    noise = noise.clamp_(1e-20, 1.0) if rows is None else noise[rows].clamp_(1e-20, 1.0)
     return noise.log_().neg_().clamp_(min=1e-20).log_().neg_()  # -log(-log(u)), in place: no copies
 
 
