@@ -82,16 +82,17 @@ def sample_chunk(model: Generator, config: SamplingConfig, states_of: Callable[[
         if num_streams == 2:
             cond, uncond = logits.chunk(2, dim=0)
             logits = uncond + config.cfg_scale * (cond - uncond)
-        if excluded is not None:  # after guidance: -inf in both streams would make it NaN
-            logits = logits.masked_fill(excluded, float("-inf"))
-        tokens = maskgit_step(tokens, logits, mask_id, step, config.steps, config.temperature, config.top_k, generator)
+        tokens = maskgit_step(tokens, logits, mask_id, step, config.steps, config.temperature, config.top_k, generator,
+                              excluded)
     return tokens
 
 
 def maskgit_step(tokens: torch.Tensor, logits: torch.Tensor, mask_id: int, step: int, steps: int,
-                 temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+                 temperature: float, top_k: int | None, generator: torch.Generator | None,
+                 excluded: torch.Tensor | None = None) -> torch.Tensor:
     """One MaskGIT step on (B,N) tokens with (B,N,V) logits: sample every masked position, then re-mask
-    the cosine-scheduled number of the least confident (all rows hold the same number of masked tokens)."""
+    the cosine-scheduled number of the least confident (all rows hold the same number of masked tokens).
+    `excluded` (V,) bool: codes never drawn (applied here, after guidance: -inf in both streams is NaN)."""
     unknown = tokens == mask_id
     num_unknown = int(unknown[0].sum())
     if num_unknown == 0:
@@ -102,6 +103,8 @@ def maskgit_step(tokens: torch.Tensor, logits: torch.Tensor, mask_id: int, step:
     noise_shape = logits.shape
     if rows is not None:
         logits = logits[rows].view(tokens.shape[0], num_unknown, -1)
+    if excluded is not None:
+        logits = logits.masked_fill(excluded, float("-inf"))
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
