@@ -3,8 +3,9 @@
     python bench/startup.py --out runs/startup.json [--reps 3] [--frames 17]
 
 Each measure runs in a fresh process (median of --reps). The baseline is `import torch` alone, the
-floor any PyTorch program pays; `tokvid generate --help` is the CLI's start-up; the whole command is
-measured at 1 thread and at torch's default (one per core), since on a busy machine 1 is often faster.
+floor any PyTorch program pays (with Python's teardown of torch, ~0.3 s, which `tokvid generate` skips);
+`tokvid generate --help` is the CLI's start-up (it imports no torch); the whole command is measured at
+1 thread and at the CLI's default (one per idle core: all of them on a quiet machine).
 """
 from __future__ import annotations
 

@@ -241,6 +241,20 @@ def test_digit_head_is_a_normalised_product_of_digit_distributions():
     assert tiny_model(code_levels=levels).head.out_features == CODEBOOK  # digit embedding, one softmax
 
 
+def test_digit_head_logits_equal_the_per_code_sum_of_digit_rows_bit_for_bit():
+    """logits' outer sum makes exactly the additions of summing each code's digit rows, in the same order,
+    so sampled videos stay as they were (tests/test_golden.py holds whole videos)."""
+    from tokvid.models.generator import digit_rows
+
+    levels = [4, 2, 2]  # CODEBOOK 16, uneven levels
+    model = tiny_model(code_levels=levels, digit_head=True)
+    hidden = torch.randn(2, 9, model.config.dim, generator=seeded(2))
+    with torch.no_grad():
+        rows = torch.cat(model._digit_log_probs(hidden), dim=-1)
+        reference = sum(rows[..., digit_rows(levels)[:, i]] for i in range(len(levels)))
+        assert torch.equal(model.logits(hidden), reference)
+
+
 @pytest.mark.parametrize("patch", [1, 2])
 def test_tiny_training_run_learns_far_above_chance(patch):
     torch.manual_seed(0)

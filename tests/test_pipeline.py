@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -182,7 +183,8 @@ def test_mismatched_parts_are_refused(pipe):
 
 def run_tokvid(*args, cwd=None):
     code = "import sys; from tokvid.cli import tokvid_entry; sys.argv = ['tokvid'] + sys.argv[1:]; tokvid_entry()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as for most users
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path):
@@ -190,6 +192,7 @@ def test_cli_generate_writes_video_and_contact_sheet(tiny_pipeline_dir, tmp_path
     result = run_tokvid("generate", "--prompt", "a red circle moves right", "--num-frames", "9", "--out", str(out),
                         "--model", str(tiny_pipeline_dir), "--quiet")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.count("wrote ") == 2, result.stdout  # printed to a pipe, then the quick exit (exit_now)
     from tokvid.video_io import read_video
     assert read_video(out).shape == (9, 64, 64, 3)
     assert (tmp_path / "v.png").stat().st_size > 0
@@ -219,8 +222,22 @@ def test_cli_redraw_first_frame_flag_overrides_the_model(tiny_pipeline_dir, tmp_
         redraws.clear()
         generate_main(["generate", "--prompt", "a red circle moves right", "--num-frames", "9",
                        "--out", str(tmp_path / "r.mp4"), "--model", str(tiny_pipeline_dir), "--quiet", "--no-sheet",
-                       *flag])
+                       "--threads", "1", *flag])
         assert len(redraws) == expected, flag
+
+
+def test_cli_computes_with_the_idle_cores_unless_told(tiny_pipeline_dir, tmp_path, monkeypatch):
+    from tokvid import cpu
+    from tokvid.cli import generate_main
+
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)  # recorded, not applied
+    for flags, default, expected in (([], 3, [3]), (["--threads", "2"], 3, [2]), ([], None, [])):
+        chosen.clear()
+        monkeypatch.setattr(cpu, "default_threads", lambda default=default: default)
+        generate_main(["generate", "--prompt", "a red circle moves right", "--num-frames", "1", "--quiet",
+                       "--no-sheet", "--out", str(tmp_path / "t.mp4"), "--model", str(tiny_pipeline_dir), *flags])
+        assert chosen == expected, flags
 
 
 @pytest.mark.parametrize("args", [
@@ -247,17 +264,34 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_pipeline_dir, tmp_path, args)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def modules_loaded_by(argv: list[str], packages: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Run `tokvid <argv>` in a fresh interpreter: (its output, the modules of `packages` it imported; a
+    package 'tokvid.training' counts its submodules)."""
+    code = ("import json, sys\nfrom tokvid.cli import generate_main\ntry:\n    generate_main(sys.argv[1:])\n"
+            "except SystemExit as stop:\n    print('EXIT', stop.code)\n"
+            f"loaded = sorted(m for m in sys.modules if any(m == p or m.startswith(p + '.') for p in {packages!r}))\n"
+            "print('LOADED', json.dumps(loaded))")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    output = result.stdout[-2000:] + result.stderr[-2000:]
+    assert "LOADED " in result.stdout, output
+    return output, json.loads(result.stdout.split("LOADED ")[-1])
+
+
 def test_generation_imports_no_training_code(tmp_path):
     """`tokvid generate` starts fast: neither --help nor a generation imports DeepSpeed, TensorBoard or
     the training engine."""
-    code = ("import sys\nfrom tokvid.cli import generate_main\ntry:\n    generate_main(sys.argv[1:])\n"
-            "except SystemExit:\n    pass\nloaded = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('deepspeed', 'tensorboard') or m.startswith('tokvid.training'))\nprint('LOADED', loaded)")
     for argv in (["generate", "--help"], ["generate", "--prompt", "a red circle moves right", "--num-frames", "1",
                                           "--out", str(tmp_path / "one.mp4"), "--quiet", "--threads", "1"]):
-        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
-        assert "LOADED []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+        output, loaded = modules_loaded_by(argv, ("deepspeed", "tensorboard", "tokvid.training"))
+        assert loaded == [], output
     assert (tmp_path / "one.mp4").exists() and (tmp_path / "one.png").exists()
+
+
+@pytest.mark.parametrize("argv", [["generate", "--help"], ["generate", "--prompt", "a red circle", "--cfg-scale", "x"]])
+def test_help_and_bad_flags_answer_without_importing_torch(argv):
+    """torch's import is a second of start-up: `tokvid generate --help` and a mistyped flag need none of it."""
+    output, loaded = modules_loaded_by(argv, ("torch", "tokvid.models", "tokvid.sampling", "tokvid.pipeline"))
+    assert loaded == [] and ("EXIT 0" if "--help" in argv else "EXIT 2") in output, output
 
 
 @pytest.mark.parametrize("prompt, unknown", [("a purple elephant dances", ["purple", "elephant", "dances"]),

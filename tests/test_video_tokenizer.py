@@ -1,4 +1,7 @@
 import json
+import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -277,3 +280,35 @@ def test_decoder_fine_tuning_keeps_every_code_and_the_codes_fingerprint():
     assert torch.equal(tok.eval().encode(clip), codes) and tok.codes_fingerprint() == codes_fingerprint
     assert tok.fingerprint() != fingerprint  # not the same tokenizer, but the same codes
     assert VideoTokenizer(tok.config).codes_fingerprint() != codes_fingerprint  # another encoder, other codes
+
+
+@pytest.mark.parametrize("levels", [(8, 8, 6, 5, 5), (7, 5, 3), (4, 4)])
+def test_own_fsq_is_bit_identical_to_vector_quantize_pytorch(levels):
+    """tokvid.models.fsq replaces the library's FSQ: outputs, indices, decoded codes and gradients equal bit for bit."""
+    from vector_quantize_pytorch import FSQ as LibraryFSQ
+
+    from tokvid.models.fsq import FSQ
+
+    ours, theirs = FSQ(levels), LibraryFSQ(levels=list(levels))
+    z = torch.randn(3, 500, len(levels), generator=torch.Generator().manual_seed(0)) * 3
+    z[0, :4] = torch.tensor([0.0, 1e-7, -40.0, 40.0])[:, None]  # zero, tiny, and saturating tanh both ways
+    z_ours, z_theirs = z.clone().requires_grad_(), z.clone().requires_grad_()
+    (codes, indices), (their_codes, their_indices) = ours(z_ours), theirs(z_theirs)
+    assert torch.equal(codes, their_codes) and torch.equal(indices, their_indices) and indices.dtype == torch.int32
+    assert len(indices.unique()) > min(20, math.prod(levels) - 1)  # many codes reached, not a constant
+    weights = torch.randn(codes.shape, generator=torch.Generator().manual_seed(1))
+    (codes * weights).sum().backward(), (their_codes * weights).sum().backward()
+    assert torch.equal(z_ours.grad, z_theirs.grad)
+    every = torch.arange(math.prod(levels)).view(1, -1)
+    assert torch.equal(ours.indices_to_codes(every), theirs.indices_to_codes(every))
+    assert torch.equal(ours.indices_to_level_indices(every), theirs.indices_to_level_indices(every))
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == []  # saved tokenizers load either way
+
+
+def test_an_fsq_tokenizer_does_not_import_vector_quantize_pytorch():
+    """Its import costs a second of start-up (einx -> torch._dynamo); FSQ coding needs none of it."""
+    code = ("import sys, torch\nimport tokvid\ntok = tokvid.VideoTokenizer.from_pretrained('shapes')\n"
+            "codes = tok.encode(torch.zeros(1, 3, 5, 64, 64))\ntok.decode(codes)\n"
+            "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] in ('vector_quantize_pytorch', 'einx')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "LOADED []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from tokvid.cpu import usable_cores
+
 # (sample, offset of the item used from the slot's position, [(bad item, reason), ...] met on the way)
 Found = tuple[Any, int, list[tuple[int, str]]]
 # what a worker returns for a slot: (slot, found, error message if no item of the epoch is usable)
@@ -71,7 +73,7 @@ def default_num_workers() -> int:
     training step runs on, at most 4. One core per rank (2 ranks here): 0, loading stays in the step,
     as workers would only compete with it. Beyond 4, decoding rarely limits one accelerator and every
     worker holds its own copy of the dataset and clip cache."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1))  # torchrun, deepspeed
     return max(0, min(4, cores // ranks_here - 1))
 

@@ -1,73 +1,22 @@
 """The sampler: block-causal MaskGIT over a generator, one chunk at a time.
 
-`SamplingConfig` is the single home of every sampling option, its default and its meaning; a
-pipeline's `pipeline.json` overrides defaults explicitly and the CLI's flags are made from its fields.
-`sample` runs the chunk loop: each chunk starts fully masked and is decided in `steps` MaskGIT
-steps (sample every masked token, keep the most confident, re-mask the rest on a cosine schedule),
-with classifier-free guidance, while the decided chunks before it are served from the generator's
-KV cache, so time grows linearly with length and memory stays flat.
+`SamplingConfig` (tokvid.sampling_config, re-exported here) holds every sampling option, its default
+and its meaning. `sample` runs the chunk loop: each chunk starts fully masked and is decided in `steps`
+MaskGIT steps (sample every masked token, keep the most confident, re-mask the rest on a cosine
+schedule), with classifier-free guidance, while the decided chunks before it are served from the
+generator's KV cache, so time grows linearly with length and memory stays flat.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import torch
 
 from tokvid.models.generator import Generator, KVCache, uniform
+from tokvid.sampling_config import SamplingConfig, with_options  # noqa: F401 (re-exported)
 
 CHOICE_TEMPERATURE = 4.5  # scale of the annealed Gumbel noise on MaskGIT's keep-or-remask confidences
-
-
-def _option(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class SamplingConfig:
-    steps: int = _option(8, "MaskGIT refinement steps per chunk")
-    cfg_scale: float = _option(1.0, "classifier-free guidance: logits = uncond + scale * (cond - uncond); "
-                                    "0 unconditional, 1 the prompt alone (one stream, half the work)")
-    temperature: float = _option(1.25, "sampling temperature at a chunk's first step, annealed linearly to "
-                                       "temperature/steps at its last (0 = greedy)")
-    top_k: int | None = _option(None, "draw only from the k likeliest codes at each position; unset: every code")
-    window_chunks: int | None = _option(None, "chunks of attention context, the current one included; "
-                                              "unset: the generator's trained window")
-    first_chunk_candidates: int = _option(8, "sample the video's first chunk this many times (as one batch) and "
-                                             "keep the one the prompt explains best against the empty prompt")
-    min_code_count: int = _option(1, "draw only codes seen at least this often in the generator's training "
-                                     "data (0: any code)")
-    redraw_first_frame: bool = _option(True, "re-code the first frame from the decoded second one: the first "
-                                             "frame is drawn from the prompt alone, later ones with context")
-
-    def __post_init__(self):
-        for name in ("steps", "top_k", "window_chunks", "first_chunk_candidates", "min_code_count"):
-            value = getattr(self, name)  # pipeline.json may hold a whole number as a float (8.0)
-            if isinstance(value, float) and value.is_integer():
-                setattr(self, name, int(value))
-        for name, lowest, optional in (("steps", 1, False), ("first_chunk_candidates", 1, False),
-                                       ("min_code_count", 0, False), ("top_k", 1, True), ("window_chunks", 1, True)):
-            value = getattr(self, name)
-            if not (optional and value is None) and (not isinstance(value, int) or isinstance(value, bool)
-                                                     or value < lowest):
-                raise ValueError(f"{name} must be {'None or ' if optional else ''}an int >= {lowest}, got {value!r}")
-        for name in ("cfg_scale", "temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-                    or not math.isfinite(value):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if not isinstance(self.redraw_first_frame, bool):
-            raise ValueError(f"redraw_first_frame must be True or False, got {self.redraw_first_frame!r}")
-
-
-def with_options(config: SamplingConfig, options: dict) -> SamplingConfig:
-    """`config` with some options replaced (and checked again); a ValueError names unknown ones."""
-    unknown = sorted(set(options) - {f.name for f in fields(SamplingConfig)})
-    if unknown:
-        raise ValueError(f"unknown sampling options {unknown}; the options are "
-                         f"{', '.join(f.name for f in fields(SamplingConfig))}")
-    return replace(config, **options) if options else config
 
 
 @torch.no_grad()
@@ -133,38 +82,50 @@ def sample_chunk(model: Generator, config: SamplingConfig, states_of: Callable[[
         if num_streams == 2:
             cond, uncond = logits.chunk(2, dim=0)
             logits = uncond + config.cfg_scale * (cond - uncond)
-        if excluded is not None:  # after guidance: -inf in both streams would make it NaN
-            logits = logits.masked_fill(excluded, float("-inf"))
-        tokens = maskgit_step(tokens, logits, mask_id, step, config.steps, config.temperature, config.top_k, generator)
+        tokens = maskgit_step(tokens, logits, mask_id, step, config.steps, config.temperature, config.top_k, generator,
+                              excluded)
     return tokens
 
 
 def maskgit_step(tokens: torch.Tensor, logits: torch.Tensor, mask_id: int, step: int, steps: int,
-                 temperature: float, top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
+                 temperature: float, top_k: int | None, generator: torch.Generator | None,
+                 excluded: torch.Tensor | None = None) -> torch.Tensor:
     """One MaskGIT step on (B,N) tokens with (B,N,V) logits: sample every masked position, then re-mask
-    the cosine-scheduled number of the least confident (all rows hold the same number of masked tokens)."""
+    the cosine-scheduled number of the least confident (all rows hold the same number of masked tokens).
+    `excluded` (V,) bool: codes never drawn (applied here, after guidance: -inf in both streams is NaN)."""
     unknown = tokens == mask_id
     num_unknown = int(unknown[0].sum())
     if num_unknown == 0:
         return tokens
+    # Only masked positions are drawn and ranked (committed ones keep their tokens), so only their logits and
+    # noise are worked on; the noise is drawn for every position all the same, so each seed keeps its video.
+    rows = None if num_unknown == tokens.shape[1] else unknown
+    noise_shape = logits.shape
+    if rows is not None:
+        logits = logits[rows].view(tokens.shape[0], num_unknown, -1)
+    if excluded is not None:
+        logits = logits.masked_fill(excluded, float("-inf"))
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     step_temperature = temperature * (steps - step) / steps
     if step_temperature > 0:
-        sampled = (logits / step_temperature + _gumbel(logits.shape, generator, logits.device)).argmax(dim=-1)
+        noise = _gumbel(noise_shape, generator, logits.device, rows).view(logits.shape)
+        drawn = (logits / step_temperature).add_(noise).argmax(dim=-1)
     else:
-        sampled = logits.argmax(dim=-1)
-    sampled = torch.where(unknown, sampled, tokens)
+        drawn = logits.argmax(dim=-1)
+    sampled = tokens.masked_scatter(unknown, drawn)
 
     progress = (step + 1) / steps
     num_remask = int(math.floor(tokens.shape[1] * math.cos(math.pi / 2 * progress)))
     num_remask = 0 if step == steps - 1 else max(1, min(num_unknown - 1, num_remask))
     if num_remask == 0:
         return sampled
-    confidence = logits.log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]
-    score = confidence + CHOICE_TEMPERATURE * (1 - progress) * _gumbel(confidence.shape, generator, logits.device)
-    score = score.masked_fill(~unknown, float("inf"))  # committed tokens are never re-masked
+    confidence = logits.log_softmax(dim=-1).gather(-1, drawn[..., None])[..., 0]
+    noise = _gumbel(tokens.shape, generator, logits.device, unknown).view(confidence.shape)
+    # committed tokens score +inf: they are never re-masked
+    score = torch.full(tokens.shape, float("inf"), device=tokens.device)
+    score = score.masked_scatter(unknown, confidence + CHOICE_TEMPERATURE * (1 - progress) * noise)
     remask = score.topk(num_remask, dim=-1, largest=False).indices
     return sampled.scatter(1, remask, mask_id)
 
@@ -223,9 +184,12 @@ def first_chunk_log_likelihood(model: Generator, tokens: torch.Tensor, text: tor
 # Helpers
 # ---------------------------------------------------------------------------------------------
 
-def _gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    noise = uniform(shape, generator, device).clamp_(1e-20, 1.0)
-    return -torch.log((-torch.log(noise)).clamp_(min=1e-20))
+def _gumbel(shape, generator: torch.Generator | None, device, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Gumbel noise of `shape`, or of its entries where the bool `rows` (a leading part of shape) holds
+    (flattened): all are drawn, so the random stream moves on the same, but only those are transformed."""
+    noise = uniform(shape, generator, device)
+    noise = noise.clamp_(1e-20, 1.0) if rows is None else noise[rows].clamp_(1e-20, 1.0)
+    return noise.log_().neg_().clamp_(min=1e-20).log_().neg_()  # -log(-log(u)), in place: no copies
 
 
 def _checked_text(model: Generator, text, num_chunks, name: str, batch: int | None = None):

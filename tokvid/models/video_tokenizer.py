@@ -9,7 +9,7 @@ Layout, chosen for CPU speed (most of the compute runs after time is compressed 
   time      : one causal temporal conv at frame rate, then groups of tc frames folded into channels
               (frame 0 is replicate-padded into its own group, MAGVIT-v2 style)
   latent    : (2+1)D residual blocks (3x3 spatial conv, causal temporal conv)
-  quantizer : FSQ (default), LFQ or VectorQuantize from vector-quantize-pytorch, always in fp32
+  quantizer : FSQ (default, tokvid.models.fsq), LFQ or VectorQuantize from vector-quantize-pytorch, in fp32
 The decoder mirrors the encoder.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from tokvid.models.fsq import FSQ
 from tokvid.persistence import ArtefactFormat, load_config, load_weights, save_model
 
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -248,16 +249,18 @@ class FrameDecoder(nn.Module):
 
 
 class Quantizer(nn.Module):
-    """Wraps a vector-quantize-pytorch quantizer. Input/output (B, t, h, w, d); indices (B, t, h, w)."""
+    """FSQ (our own, tokvid.models.fsq) or a vector-quantize-pytorch quantizer (LFQ, VQ).
+    Input/output (B, t, h, w, d); indices (B, t, h, w)."""
 
     def __init__(self, cfg: VideoTokenizerConfig):
         super().__init__()
-        import vector_quantize_pytorch as vqp  # imported here: only quantizer construction needs it
-
         self.kind = cfg.quantizer
-        if self.kind == "fsq":
-            self.impl = vqp.FSQ(levels=list(cfg.fsq_levels))
-        elif self.kind == "lfq":
+        if self.kind == "fsq":  # without vector-quantize-pytorch, whose import costs a second of start-up
+            self.impl = FSQ(cfg.fsq_levels)
+            return
+        import vector_quantize_pytorch as vqp  # imported here: only LFQ and VQ construction needs it
+
+        if self.kind == "lfq":
             self.impl = vqp.LFQ(dim=cfg.code_dim, codebook_size=cfg.codebook_size,
                                 entropy_loss_weight=cfg.lfq_entropy_weight, commitment_loss_weight=0.25)
         else:
