@@ -194,6 +194,9 @@ def test_peer_trains_samples_and_is_scored_then_a_rerun_continues(scenes_data, t
         assert training[stage]["steps"] > 0 and training[stage]["trained_minutes"] >= 0.1 * share - 1e-6
     for result in report["sets"].values():
         assert 0.0 <= result["summary"]["video_accuracy"]["rate"] <= 1.0 and Path(result["grid"]).exists()
+    made = {path: path.stat().st_mtime_ns for pattern in ("train/*.pt", "train/*.ckpt", "videos/*.npz")
+            for path in (tmp_path / "run").glob(pattern)}
+    assert len(made) == 4 + 8
     stdout = run("peer_scenes.py", *argv, cwd=tmp_path)  # all done: nothing is trained or sampled again
-    assert "resuming" not in stdout and ": 1/1" not in stdout.split("generate", 1)[1].split("shapes-v2")[0]
+    assert "resuming" not in stdout and {path: path.stat().st_mtime_ns for path in made} == made
     assert json.loads((tmp_path / "peer.json").read_text())["produced_by"] == report["produced_by"]
