@@ -4,16 +4,19 @@
     python bench/eval_scenes.py --model shapes --out bench/results/eval_scenes_shapes.json --small
     python bench/eval_scenes.py --oracle --small                                # ground truth: checks the harness
     python bench/eval_scenes.py --tokenizer shapes --small                      # ground truth through a tokenizer
+    python bench/eval_scenes.py --videos runs/peer_scenes/videos                # videos made elsewhere (the peer)
 
 Sets (docs/scenes.md): (a) single: every seen colour x shape x motion; (b) pairs: two seen objects,
 every ordered motion pair; (c) held_out / held_out_pair: the four held-out pairs alone and next to a
 seen object; (d) orange / orange_pair: orange (only ever a still image in training) moving, alone
 and with a seen object; (e) stories: two objects, 2-4 segments; (f) long: two-object stories of
 --long-frames frames. Scoring: tokvid/scenes_eval.py. Writes JSON and one PNG grid per set.
+--videos scores what another system made for the same prompts and seeds (bench/peer_scenes.py: the peer).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--oracle", action="store_true", help="score ground-truth renders instead of a model")
     parser.add_argument("--tokenizer", default=None,
                         help="score ground truth coded and decoded by this video tokenizer (name or directory)")
+    parser.add_argument("--videos", default=None,
+                        help="score videos made elsewhere for these sets: DIR/<set>.npz (bench/peer_train.py generate)")
     parser.add_argument("--small", action="store_true", help=f"the small set sizes {SMALL_SIZES}")
     for name, size in DEFAULT_SIZES.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, dest=f"size_{name}",
@@ -46,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
     parser.add_argument("--out", default="runs/eval_scenes/eval_scenes.json", help="JSON file; PNG grids go next to it")
     args = parser.parse_args(argv)
+    if sum(bool(x) for x in (args.model, args.oracle, args.tokenizer, args.videos)) > 1:
+        parser.error("choose one of --model, --oracle, --tokenizer and --videos")
     base = SMALL_SIZES if args.small else DEFAULT_SIZES
     args.sizes = {name: getattr(args, f"size_{name}") if getattr(args, f"size_{name}") is not None else size
                   for name, size in base.items()}
@@ -57,7 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_generator(args, sets: dict):
     """generate(story, seed) -> frames: the model's, or with --oracle the sets' ground truth (coded and
-    decoded by --tokenizer if given: what a perfect generator on that tokenizer would show)."""
+    decoded by --tokenizer if given: what a perfect generator on that tokenizer would show), or with --videos
+    the videos found there."""
+    if args.videos:
+        return ProducedVideos(args.videos, sets)
     if not (args.oracle or args.tokenizer):
         import eval_shapes  # same pipeline calls and sampling overrides as the shapes-v1 benchmark
 
@@ -80,6 +90,47 @@ def make_generator(args, sets: dict):
             return tensor_to_frames(tokenizer.decode(tokenizer.encode(x))[0])
 
     return reconstruct
+
+
+class ProducedVideos:
+    """generate(story, seed) from videos made elsewhere: DIR/<set>.npz as bench/peer_train.py generate writes
+    them (stories as JSON, seeds, seconds per video, video_<i> uint8 (T, H, W, 3))."""
+
+    def __init__(self, directory: str | Path, sets: dict):
+        import numpy as np
+
+        self.directory = Path(directory)
+        self.videos, self.seconds = {}, {}
+        for name in sets:
+            path = self.directory / f"{name}.npz"
+            if not path.exists():
+                raise ValueError(f"no videos of set {name!r}: {path} is missing; make them first (bench/peer_scenes.py)")
+            with np.load(path) as data:
+                for i, (story, seed) in enumerate(zip(json.loads(str(data["stories"])), data["seeds"])):
+                    key = self.key(story, int(seed))
+                    self.videos[key], self.seconds[key] = data[f"video_{i}"], float(data["seconds"][i])
+
+    @staticmethod
+    def key(story, seed: int) -> tuple[str, int]:
+        return json.dumps([[str(prompt), int(frames)] for prompt, frames in story]), seed
+
+    def __call__(self, story, seed: int):
+        key = self.key(story, seed)
+        if key not in self.videos:
+            raise ValueError(f"{self.directory} has no video of {story} at seed {seed}: it was made for other "
+                             "prompts or seeds; make it again with the same set options")
+        return self.videos[key]
+
+    def timing(self, stories: list, seed: int) -> dict:
+        """What the maker took per video (the lookups here take nothing)."""
+        keys = [self.key(story, seed + i) for i, story in enumerate(stories)]
+        seconds = sum(self.seconds[key] for key in keys)
+        return {"seconds_per_video": seconds / len(keys),
+                "frames_per_second": sum(len(self.videos[key]) for key in keys) / max(seconds, 1e-9)}
+
+    def producer(self) -> dict | None:
+        path = self.directory / "producer.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
 
 def table_row(name: str, summary: dict) -> list:
@@ -108,6 +159,8 @@ def run_sets(args, out: Path) -> dict:
         result = run_suite(generate, stories, seed=args.seed, score=score_scene, summarize_scores=summarize_scenes,
                            progress=lambda done, total, name=name: print(f"\r{name}: {done}/{total}", end="", flush=True))
         print()
+        if args.videos:
+            result["summary"].update(generate.timing(stories, args.seed))
         grid, columns = suite_grid(result["videos"], frames_per_row=9 if name != "long" else 17)
         grid_path = out.with_name(f"{out.stem}_{name}.png")
         save_contact_sheet(grid_path, grid, columns=columns, max_frames=len(grid))
@@ -123,7 +176,12 @@ def run_sets(args, out: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return common.run_report(args, lambda report, out: report.update(sets=run_sets(args, out)))
+    def fill(report: dict, out: Path) -> None:
+        report["sets"] = run_sets(args, out)
+        if args.videos:
+            report["produced_by"] = ProducedVideos(args.videos, {}).producer()
+
+    return common.run_report(args, fill)
 
 
 if __name__ == "__main__":

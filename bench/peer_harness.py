@@ -15,8 +15,12 @@ Two things the peer needs here that it does not do itself, both done without tou
   import then fails registering fake kernels for those ops. The ops are declared schema-only first;
   phenaki never calls them.
 - text: no T5 weights can be downloaded. A T5 config is registered in the peer's cache so its
-  constructor does not go to the network, and its text encoder is replaced by a fixed random
-  embedding per prompt (text_len x text_dim, seeded by the prompt), which costs nothing.
+  constructor does not go to the network, and its text encoder is replaced by a stand-in that costs
+  nothing. text_standin "prompt" (the speed phases): a fixed random embedding per prompt (text_len x
+  text_dim, seeded by the prompt). "words" (bench/peer_train.py, the scenes comparison): a frozen
+  encoder's fair stand-in, row j = (vector of word j, seeded by the word + vector of position j) / sqrt 2,
+  zero rows after the last word (the peer masks those), so prompts that share words share rows and an
+  unseen combination of seen words is not an unrelated embedding.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ DEFAULTS = {
     # text stand-in for T5
     "text_dim": 768,
     "text_len": 16,
+    "text_standin": "prompt",  # or "words" (see the module doc)
     # sampling
     "steps": 18,
     "cond_scale": 3.0,
@@ -136,18 +141,35 @@ def build_phenaki(cfg: dict):
     t5.T5_CONFIGS[T5_STANDIN_NAME] = {"config": T5Config(d_model=cfg["text_dim"])}
     model = phenaki_pytorch.Phenaki(cvivit=cvivit, maskgit=maskgit, steps=cfg["steps"], t5_name=T5_STANDIN_NAME,
                                     text_embed_dim=cfg["text_dim"])
-    text_len, text_dim = cfg["text_len"], cfg["text_dim"]
-
-    def fixed_text_embeddings(texts, output_device=None):
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        rows = []
-        for text in texts:
-            rng = torch.Generator().manual_seed(zlib.crc32(text.encode()))
-            rows.append(torch.randn(text_len, text_dim, generator=rng))
-        return torch.stack(rows).to(output_device or "cpu")
-
-    model.encode_texts = fixed_text_embeddings
+    model.encode_texts = text_standin(cfg)
     return model.eval()
+
+
+def text_standin(cfg: dict):
+    """encode_texts(texts, output_device=None) -> (batch, text_len, text_dim): the stand-in for T5
+    named by cfg["text_standin"] (module doc)."""
+    import torch
+
+    text_len, text_dim, kind = cfg["text_len"], cfg["text_dim"], cfg["text_standin"]
+    if kind not in ("prompt", "words"):
+        raise SystemExit(f"text_standin must be 'prompt' or 'words', got {kind!r}")
+
+    def vector(key: str, rows: int = 1):
+        return torch.randn(rows, text_dim, generator=torch.Generator().manual_seed(zlib.crc32(key.encode())))
+
+    def embed(text: str):
+        if kind == "prompt":
+            return vector(text, text_len)
+        rows = torch.zeros(text_len, text_dim)
+        for position, word in enumerate(text.split()[:text_len]):
+            rows[position] = (vector(f"word:{word}")[0] + vector(f"position:{position}")[0]) / math.sqrt(2)
+        return rows
+
+    def encode_texts(texts, output_device=None):
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return torch.stack([embed(text) for text in texts]).to(output_device or "cpu")
+
+    return encode_texts
 
 
 def num_parameters(module) -> int:
@@ -271,14 +293,20 @@ def phase_check(cfg: dict) -> dict:
     torch.manual_seed(0)
     sample = model.sample(texts=["a test"], num_frames=5)
     import phenaki_pytorch
+
+    return {"ok": tuple(recon.shape) == (1, 3, 5, 16, 16) and tuple(sample.shape) == (1, 3, 5, 16, 16),
+            "versions": peer_versions(), "phenaki_file": phenaki_pytorch.__file__}
+
+
+def peer_versions() -> dict:
+    """Versions of the peer and of what it runs on, in this venv."""
+    import torch
     import torchvision
     import transformers
 
-    return {"ok": tuple(recon.shape) == (1, 3, 5, 16, 16) and tuple(sample.shape) == (1, 3, 5, 16, 16),
-            "versions": {"phenaki_pytorch": _version("phenaki-pytorch"), "torch": torch.__version__,
-                         "torchvision": torchvision.__version__, "transformers": transformers.__version__,
-                         "vector_quantize_pytorch": _version("vector-quantize-pytorch")},
-            "phenaki_file": phenaki_pytorch.__file__}
+    return {"phenaki_pytorch": _version("phenaki-pytorch"), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "transformers": transformers.__version__,
+            "vector_quantize_pytorch": _version("vector-quantize-pytorch")}
 
 
 def _version(distribution: str) -> str:
