@@ -301,3 +301,25 @@ def test_workers_stopped_by_a_signal_leave_the_same_batches():
     got += [parallel.next_batch() for _ in range(4)]
     assert all(torch.equal(a, b) for a, b in zip(expected, got)) and parallel.num_workers == 0
     assert parallel.state_dict() == plain.state_dict()
+
+
+@pytest.mark.parametrize("failure", [ConnectionResetError(104, "Connection reset by peer"), EOFError()])
+def test_a_worker_gone_while_handing_over_a_sample_leaves_the_same_batches(failure):
+    """A worker that exits on the group's SIGTERM while the loader fetches a sample's shared memory from it
+    breaks the hand-over itself (seen on a fresh clone): the loader makes that sample and the rest itself."""
+    def loader(workers):
+        return ResumableLoader(NumberedItems(11, bad=(3, 7)), batch_size=3, seed=4, num_workers=workers)
+
+    plain = loader(0)
+    expected = [plain.next_batch() for _ in range(4)]
+    parallel = loader(2)
+    got = [parallel.next_batch()]
+
+    def broken_hand_over():
+        raise failure
+        yield
+
+    parallel._results = broken_hand_over()
+    got += [parallel.next_batch() for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(expected, got)) and parallel.num_workers == 0
+    assert parallel.state_dict() == plain.state_dict()

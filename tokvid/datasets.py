@@ -143,8 +143,10 @@ class ResumableLoader:
         since a sample is a function of (seed, epoch, item) alone."""
         try:
             return next(self._results)
-        except RuntimeError as error:
-            if "DataLoader worker" not in str(error):
+        except (RuntimeError, OSError, EOFError) as error:
+            # RuntimeError: DataLoader saw a worker exit; OSError/EOFError: it exited while handing over a
+            # sample's shared memory (its fd is fetched from the worker: "Connection reset by peer")
+            if isinstance(error, RuntimeError) and "DataLoader worker" not in str(error):
                 raise
             logger.warning("rank %d: data workers stopped (%s); making the samples in this process", self.rank,
                            error)
