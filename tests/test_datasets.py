@@ -276,6 +276,11 @@ def test_long_items_are_cut_at_a_random_chunk_with_matching_prompts(shard_dir):
     assert len(starts) > 1
 
 
+def numbered_loader(workers):
+    """11 numbered items (3 and 7 unusable) in batches of 3: what the worker-failure tests compare."""
+    return ResumableLoader(NumberedItems(11, bad=(3, 7)), batch_size=3, seed=4, num_workers=workers)
+
+
 def test_workers_stopped_by_a_signal_leave_the_same_batches():
     """A scheduler's SIGTERM reaches the workers too: they exit quietly, and the loader makes the rest of the
     samples itself, the same ones (a sample is a function of seed, epoch and item)."""
@@ -283,12 +288,9 @@ def test_workers_stopped_by_a_signal_leave_the_same_batches():
     import signal
     import time
 
-    def loader(workers):
-        return ResumableLoader(NumberedItems(11, bad=(3, 7)), batch_size=3, seed=4, num_workers=workers)
-
-    plain = loader(0)
+    plain = numbered_loader(0)
     expected = [plain.next_batch() for _ in range(5)]
-    parallel = loader(2)
+    parallel = numbered_loader(2)
     got = [parallel.next_batch()]
     workers = [w.pid for w in parallel._results._workers]
     for pid in workers:
@@ -307,12 +309,9 @@ def test_workers_stopped_by_a_signal_leave_the_same_batches():
 def test_a_worker_gone_while_handing_over_a_sample_leaves_the_same_batches(failure):
     """A worker that exits on the group's SIGTERM while the loader fetches a sample's shared memory from it
     breaks the hand-over itself (seen on a fresh clone): the loader makes that sample and the rest itself."""
-    def loader(workers):
-        return ResumableLoader(NumberedItems(11, bad=(3, 7)), batch_size=3, seed=4, num_workers=workers)
-
-    plain = loader(0)
+    plain = numbered_loader(0)
     expected = [plain.next_batch() for _ in range(4)]
-    parallel = loader(2)
+    parallel = numbered_loader(2)
     got = [parallel.next_batch()]
 
     def broken_hand_over():
